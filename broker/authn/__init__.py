@@ -1,0 +1,21 @@
+"""Authentication of agents by X.509-SVID (mTLS) or JWT-SVID (bearer)."""
+
+from __future__ import annotations
+
+from broker.authn.authenticator import Authenticator, Presented
+from broker.authn.jwt_svid import JwtSvidVerifier
+from broker.authn.x509 import X509SvidVerifier
+from broker.config.settings import Settings
+from broker.typing import Clock, IdentitySource
+
+__all__ = ["Authenticator", "Presented", "create_authenticator"]
+
+
+def create_authenticator(settings: Settings, source: IdentitySource, clock: Clock) -> Authenticator:
+    """Build the authenticator the configuration describes."""
+    trusted = settings.trusted_domains
+    return Authenticator(
+        X509SvidVerifier(source, trusted, clock),
+        JwtSvidVerifier(source, settings.authentication.jwt_svid, trusted, clock),
+        settings.authentication.trusted_proxies,
+    )

@@ -1,0 +1,124 @@
+"""JWT-SVID verification of a bearer token (SPIFFE JWT-SVID specification).
+
+The key is chosen only from the JWT bundle of the `sub`'s trust domain; nothing in the
+token can make the broker fetch or trust other key material (`jku`, `x5u`, `jwk`, `x5c`
+and `crit` are refused outright).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from broker.config.settings import JwtSvidSettings
+from broker.domain import AuthMethod, Caller
+from broker.errors import Unauthenticated
+from broker.identity.material import IdentityError, TrustBundle
+from broker.jose import (
+    JoseError,
+    check_audience,
+    check_time_claims,
+    decode_verified,
+    key_fits_algorithm,
+    unverified_claims,
+    unverified_header,
+)
+from broker.spiffe_id import parse_spiffe_id, trust_domain_of
+from broker.typing import Clock, IdentitySource
+
+__all__ = ["JwtSvidVerifier"]
+
+_TYPES = ("JWT", "JOSE")
+
+
+class JwtSvidVerifier:
+    """Verifies JWT-SVIDs presented as `Authorization: Bearer`."""
+
+    def __init__(
+        self,
+        source: IdentitySource,
+        settings: JwtSvidSettings,
+        trusted_domains: frozenset[str],
+        clock: Clock,
+    ) -> None:
+        """Create the verifier.
+
+        Args:
+            source: Supplies the current JWT bundles.
+            settings: Audience, algorithm allow-list and leeway.
+            trusted_domains: Our trust domain and the federated ones.
+            clock: The time against which `exp`, `nbf` and `iat` are checked.
+        """
+        self._source = source
+        self._settings = settings
+        self._trusted = trusted_domains
+        self._clock = clock
+
+    def verify(self, token: str) -> Caller:
+        """Verify a JWT-SVID and return the caller.
+
+        Raises:
+            Unauthenticated: With the precise reason.
+        """
+        if len(token) > self._settings.max_token_bytes:
+            raise Unauthenticated("bearer JWT-SVID is too large")
+        try:
+            return self._verify(token)
+        except JoseError as exc:
+            raise Unauthenticated(f"bearer JWT-SVID rejected: {exc}") from None
+
+    def _verify(self, token: str) -> Caller:
+        header = unverified_header(
+            token, allowed_algorithms=self._settings.algorithms, allowed_types=_TYPES
+        )
+        alg = str(header["alg"])
+        claims = unverified_claims(token)
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise JoseError("JWT-SVID has no 'sub' claim")
+        try:
+            spiffe_id = str(parse_spiffe_id(sub))
+        except ValueError as exc:
+            raise JoseError(f"'sub' {exc}") from None
+        trust_domain = trust_domain_of(spiffe_id)
+        if trust_domain not in self._trusted:
+            raise JoseError(f"trust domain {trust_domain!r} of {spiffe_id} is not trusted")
+        try:
+            bundle = self._source.snapshot().bundle(trust_domain)
+        except IdentityError:
+            bundle = None
+        if bundle is None or not bundle.jwt_authorities:
+            raise JoseError(f"no JWT bundle is held for trust domain {trust_domain!r}")
+
+        verified = _verify_signature(token, header.get("kid"), alg, bundle)
+        check_audience(verified, self._settings.audience)
+        exp = check_time_claims(
+            verified, now=self._clock.time(), leeway=self._settings.leeway_seconds
+        )
+        if verified.get("sub") != sub:  # the signed claims are what counts
+            raise JoseError("JWT-SVID claims changed between reads")
+        jti = verified.get("jti")
+        return Caller(
+            spiffe_id=spiffe_id,
+            trust_domain=trust_domain,
+            method=AuthMethod.JWT_SVID,
+            expires_at=datetime.fromtimestamp(float(exp or 0), UTC),
+            jwt_svid_jti=jti if isinstance(jti, str) and jti else None,
+        )
+
+
+def _verify_signature(token: str, kid: object, alg: str, bundle: TrustBundle) -> dict[str, object]:
+    if isinstance(kid, str):
+        key = bundle.jwt_authorities.get(kid)
+        if key is None:
+            raise JoseError(
+                f"no JWT authority with kid {kid!r} in trust domain {bundle.trust_domain!r}"
+            )
+        return decode_verified(token, key, alg)
+    # `kid` is optional in JWT-SVIDs: try each authority that fits the algorithm.
+    for key in bundle.jwt_authorities.values():
+        if key_fits_algorithm(key, alg):
+            try:
+                return decode_verified(token, key, alg)
+            except JoseError:
+                continue
+    raise JoseError("JWT signature does not verify against any authority")

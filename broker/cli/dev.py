@@ -1,0 +1,155 @@
+"""`broker dev ...`: the embedded development trust domain (contract sections 1 and 2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from broker.clock import SystemClock
+from broker.config.settings import ListenSettings, load_settings
+from broker.dev.trust_domain import (
+    DEMO_AGENTS,
+    DevTrustDomain,
+    init_trust_domain,
+    mint_jwt_svid,
+    mint_user_token,
+    open_trust_domain,
+)
+from broker.errors import ConfigError
+from broker.logging import configure_logging
+
+__all__ = ["add_commands", "demo_command"]
+
+DEFAULT_DIR = Path(".broker-dev")
+MAX_TTL = 24 * 3600
+
+
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    """Register `broker dev` and its subcommands."""
+    dev = commands.add_parser(
+        "dev",
+        help="serve a generated development trust domain on 127.0.0.1 with mTLS",
+        description="Create (if absent) a development trust domain in DIR and serve it.",
+    )
+    dev.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="default: .broker-dev")
+    dev.add_argument("--port", type=_port, default=8443, help="default: 8443")
+    dev.add_argument("--trust-domain", default=None, help="default: example.org")
+    dev.set_defaults(run=_dev)
+    sub = dev.add_subparsers(dest="dev_command", parser_class=type(dev))
+
+    init = sub.add_parser("init", help="only create the development trust domain")
+    init.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    init.add_argument("--trust-domain", default=None)
+    init.set_defaults(run=_init)
+
+    token = sub.add_parser("user-token", help="print a user token from the development IdP")
+    token.add_argument("--dir", type=Path, required=True)
+    token.add_argument("--user", required=True)
+    token.add_argument("--tier", default="standard")
+    token.add_argument("--ttl", type=_ttl, default=3600, help="seconds, default 3600")
+    token.add_argument("--group", action="append", default=[], help="repeatable")
+    token.set_defaults(run=_user_token)
+
+    svid = sub.add_parser("jwt-svid", help="print a JWT-SVID for a demo agent")
+    svid.add_argument("--dir", type=Path, required=True)
+    svid.add_argument("--agent", required=True, choices=DEMO_AGENTS)
+    svid.add_argument("--audience", default=None, help="default: the broker's SPIFFE ID")
+    svid.add_argument("--ttl", type=_ttl, default=300)
+    svid.set_defaults(run=_jwt_svid)
+
+
+def _port(value: str) -> int:
+    port = int(value) if value.isdigit() else -1
+    if not 0 <= port <= 65535:  # noqa: PLR2004
+        raise argparse.ArgumentTypeError(f"invalid port {value!r}")
+    return port
+
+
+def _ttl(value: str) -> int:
+    ttl = int(value) if value.isdigit() else 0
+    if not 1 <= ttl <= MAX_TTL:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_TTL}")
+    return ttl
+
+
+def _init(args: argparse.Namespace) -> int:
+    td, created = init_trust_domain(args.dir, args.trust_domain, SystemClock())
+    verb = "created" if created else "exists"
+    print(f"development trust domain {td.trust_domain} {verb} in {td.root}")  # noqa: T201
+    return 0
+
+
+def demo_command(td: DevTrustDomain, url: str) -> str:
+    """One copy-pasteable command that authenticates as the demo `claims` agent."""
+    agent = td.agent_dir("claims")
+    rel = _relative(td.root)
+    return (
+        f"curl --cacert {shlex.quote(str(rel / 'ca/bundle.pem'))} "
+        f"--cert {shlex.quote(str(_relative(agent) / 'svid.pem'))} "
+        f"--key {shlex.quote(str(_relative(agent) / 'key.pem'))} "
+        f"{url}/v1/whoami"
+    )
+
+
+def _relative(path: Path) -> Path:
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path.resolve()
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from broker.web.server import serve  # noqa: PLC0415 - keeps `broker --help` fast
+
+    clock = SystemClock()
+    td, _created = init_trust_domain(args.dir, args.trust_domain, clock)
+    settings = load_settings(td.config)
+    settings = dataclasses.replace(
+        settings, listen=ListenSettings(host=settings.listen.host, port=args.port)
+    )
+    configure_logging(settings.log_level)
+
+    def announce(url: str) -> None:
+        print(  # noqa: T201
+            f"\nbroker dev: trust domain {td.trust_domain} in {td.root}\n"
+            f"serving {url} (mTLS, SPIFFE ID {td.broker_id})\n\n"
+            f"Try it as the demo agent 'claims':\n\n  {demo_command(td, url)}\n",
+            flush=True,
+        )
+
+    asyncio.run(serve(settings, on_listening=announce, clock=clock))
+    return 0
+
+
+def _user_token(args: argparse.Namespace) -> int:
+    td = open_trust_domain(args.dir)
+    if not args.user.strip():
+        raise ConfigError("--user must not be empty")
+    token = mint_user_token(
+        td,
+        user=args.user,
+        tier=args.tier,
+        ttl=args.ttl,
+        groups=tuple(args.group),
+        clock=SystemClock(),
+    )
+    sys.stdout.write(token + "\n")
+    return 0
+
+
+def _jwt_svid(args: argparse.Namespace) -> int:
+    td = open_trust_domain(args.dir)
+    token = mint_jwt_svid(
+        td,
+        agent=args.agent,
+        audience=args.audience or td.broker_id,
+        ttl=args.ttl,
+        clock=SystemClock(),
+    )
+    sys.stdout.write(token + "\n")
+    return 0

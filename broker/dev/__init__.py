@@ -1,0 +1,1 @@
+"""The embedded development trust domain behind `broker dev`."""

@@ -1,0 +1,1 @@
+"""`broker-hook`: the agent-side init container / sidecar (contract section 6)."""

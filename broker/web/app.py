@@ -1,0 +1,37 @@
+"""The aiohttp application: routes, middlewares, and the runtime opened in `cleanup_ctx`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from broker.config.settings import MAX_BODY_BYTES, Settings
+from broker.runtime import open_runtime
+from broker.typing import Clock
+from broker.web.handlers import health, whoami
+from broker.web.keys import RUNTIME
+from broker.web.middleware import middlewares
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
+    """Build the application; its resources open when the runner starts it.
+
+    Args:
+        settings: The validated configuration.
+        clock: Injected clock (tests); the system clock otherwise.
+    """
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares())
+
+    async def runtime_context(app: web.Application) -> AsyncIterator[None]:
+        async with open_runtime(settings, clock) as runtime:
+            app[RUNTIME] = runtime
+            yield
+
+    app.cleanup_ctx.append(runtime_context)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/v1/whoami", whoami.whoami)
+    return app

@@ -1,0 +1,29 @@
+"""Liveness and readiness probes (no authentication: Kubernetes calls them)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.errors import Unavailable
+from broker.web.keys import RUNTIME
+from broker.web.problem import json_response
+
+__all__ = ["healthz", "readyz"]
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """The process serves requests."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """The broker can issue: identity, state and audit are ready.
+
+    Raises:
+        Unavailable: Some dependency is not ready; `checks` says which.
+    """
+    checks = request.app[RUNTIME].readiness()
+    if not all(checks.values()):
+        failing = ", ".join(name for name, ok in checks.items() if not ok)
+        raise Unavailable(f"not ready: {failing}", retry_after=1, extra={"checks": checks})
+    return json_response({"status": "ready", "checks": checks})

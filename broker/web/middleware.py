@@ -1,0 +1,144 @@
+"""Request middlewares: request id and logging, error mapping, body limit, authentication."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from broker.authn import Presented
+from broker.config.settings import MAX_BODY_BYTES
+from broker.domain import Caller
+from broker.errors import (
+    BadRequest,
+    BrokerError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
+from broker.identity.tls import peer_chain
+from broker.web.keys import CALLER, REQUEST_ID, RUNTIME
+from broker.web.problem import problem_response
+
+__all__ = ["middlewares"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = structlog.get_logger("broker.request")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Assign a request id (or accept a sane inbound one), bind it to logs, log the outcome."""
+    inbound = request.headers.get("X-Request-Id", "")
+    request_id = inbound if _REQUEST_ID.fullmatch(inbound) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        caller = request.get(CALLER)
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            ms=round((time.perf_counter() - started) * 1000, 2),
+            caller=caller.spiffe_id if caller else None,
+        )
+        structlog.contextvars.clear_contextvars()
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def _from_http_exception(request: web.Request, exc: web.HTTPException) -> BrokerError:
+    if exc.status == 404:  # noqa: PLR2004
+        return NotFound(f"no such endpoint: {request.method} {request.path}")
+    if exc.status == 405:  # noqa: PLR2004
+        allowed = exc.headers.get("Allow", "")
+        return MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}",
+            headers={"Allow": allowed} if allowed else None,
+        )
+    if exc.status == 413:  # noqa: PLR2004
+        return PayloadTooLarge(f"request body is over the {MAX_BODY_BYTES // 1024} KiB limit")
+    if exc.status == 415:  # noqa: PLR2004
+        return UnsupportedMediaType(exc.text or "unsupported media type")
+    return BadRequest(exc.reason or "bad request")
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to a problem document; nothing internal ever reaches the caller."""
+    try:
+        return await handler(request)
+    except BrokerError as exc:
+        problem = exc
+    except web.HTTPException as exc:
+        if exc.status < 400:  # noqa: PLR2004 - redirects and the like pass through
+            raise
+        problem = _from_http_exception(request, exc)
+    except Exception:
+        log.exception("unhandled error", path=request.path)
+        problem = BrokerError("internal error; the request id identifies it in the broker's logs")
+    return problem_response(problem, instance=request.path, request_id=request.get(REQUEST_ID))
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse bodies over 64 KiB before reading them (aiohttp also caps what it reads)."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body is over the {MAX_BODY_BYTES // 1024} KiB limit")
+    return await handler(request)
+
+
+def presented(request: web.Request) -> Presented:
+    """What identity material the request carried."""
+    runtime = request.app[RUNTIME]
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return Presented(
+        peer_chain=peer_chain(ssl_object),
+        authorization=request.headers.get("Authorization"),
+        forwarded_client_cert=request.headers.get(
+            runtime.settings.authentication.forwarded_client_cert_header
+        ),
+    )
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every `/v1/` endpoint requires an authenticated caller."""
+    if request.path.startswith("/v1/"):
+        runtime = request.app[RUNTIME]
+        request[CALLER] = runtime.authenticator.authenticate(presented(request))
+    return await handler(request)
+
+
+def caller_of(request: web.Request) -> Caller:
+    """The authenticated caller of a `/v1/` request."""
+    try:
+        return request[CALLER]
+    except KeyError:  # pragma: no cover - the middleware guarantees it
+        raise Unauthenticated("not authenticated", presented=False) from None
+
+
+def middlewares() -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    """The middleware chain, outermost first."""
+    return [request_context, problems, body_limit, authenticate]
