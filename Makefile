@@ -17,9 +17,11 @@ run: $(STAMP)
 test: lint system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+LINT_DIRS := $(wildcard broker tests bench)
+
 lint: $(STAMP)
-	$(BIN)/ruff check broker tests bench
-	$(BIN)/ruff format --check broker tests bench
+	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/ruff format --check $(LINT_DIRS)
 	$(BIN)/mypy
 
 bench: $(STAMP) system-deps
