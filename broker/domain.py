@@ -7,11 +7,22 @@ request -> `Caller` (authn) -> `RequestContext` (context) -> `Decision` (policy)
 from __future__ import annotations
 
 import base64
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-__all__ = ["AuthMethod", "Caller"]
+__all__ = [
+    "AuthMethod",
+    "Caller",
+    "Credential",
+    "Decision",
+    "LimitCheck",
+    "RequestContext",
+    "Secret",
+    "ToolGrant",
+    "UserContext",
+]
 
 
 class AuthMethod(StrEnum):
@@ -49,3 +60,171 @@ class Caller:
         if self.x509_sha256 is None:
             return None
         return base64.urlsafe_b64encode(bytes.fromhex(self.x509_sha256)).rstrip(b"=").decode()
+
+
+class Secret:
+    """A secret value (a token, a password) that never shows in a repr, str or log."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        """Wrap a secret."""
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself: call only where it is handed to its owner."""
+        return self._value
+
+    def __repr__(self) -> str:
+        """Never the value."""
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        """Constant-time comparison with another secret."""
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        """Secrets are not hashed (to keep them out of sets and dict keys)."""
+        raise TypeError("Secret is not hashable")
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    """The end user on whose behalf an agent acts, from a validated user token.
+
+    Attributes:
+        issuer: The token's `iss`.
+        subject: The token's `sub`.
+        tier: The user's tier claim, if any.
+        groups: The user's groups claim.
+        expires_at: The token's `exp` (epoch seconds); bounds any credential's TTL.
+        actors: Earlier actors from the token's RFC 8693 `act` claim, least recent first.
+        token_id: The token's `jti`, if any (never the token itself).
+    """
+
+    issuer: str
+    subject: str
+    expires_at: float
+    tier: str | None = None
+    groups: tuple[str, ...] = ()
+    actors: tuple[str, ...] = ()
+    token_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Everything the policy decides on: who asks, for whom, for what, how long."""
+
+    caller: Caller
+    user: UserContext | None
+    tools: tuple[str, ...]
+    ttl_requested: int | None
+    now: datetime
+    request_id: str
+    remote: str | None = None
+    session_id: str | None = None
+    reason: str | None = None
+    scopes: tuple[str, ...] | None = None
+
+    @property
+    def delegation_chain(self) -> tuple[str, ...]:
+        """Outermost principal first: the user, earlier agents, the acting agent last."""
+        chain: list[str] = []
+        if self.user is not None:
+            chain.append(self.user.subject)
+            chain.extend(self.user.actors)
+        chain.append(self.caller.spiffe_id)
+        return tuple(chain)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitCheck:
+    """A rate limit or budget the pipeline must consume before issuing.
+
+    Attributes:
+        rule_id: The rule that declared it.
+        kind: `rate` (sliding window) or `budget` (fixed window).
+        key: The counter key (rule, kind and the bound attributes).
+        limit: Allowed count per window.
+        window_seconds: Window length.
+        cost: How many credentials of this request count against it.
+    """
+
+    rule_id: str
+    kind: str
+    key: str
+    limit: int
+    window_seconds: int
+    cost: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ToolGrant:
+    """The policy's answer for one requested tool."""
+
+    tool: str
+    allowed: bool
+    rule_id: str | None
+    max_ttl: int
+    scopes: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    messages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A policy decision for a whole request (all tools or none).
+
+    Attributes:
+        decision_id: Unique id, returned to the caller and written to the audit trail.
+        allow: Whether every tool is allowed.
+        policy_id: The policy's id.
+        policy_version: Declared version plus content hash.
+        ttl_granted: The TTL every credential gets (0 when denied).
+        tools: Per-tool answers.
+        reasons: Reason codes of the denial (or of a later refusal), deduplicated.
+        messages: Human explanations of the reasons.
+        limits: Rate limits and budgets to consume before issuing.
+        shadow: Denials of dry-run rules: recorded, not enforced.
+    """
+
+    decision_id: str
+    allow: bool
+    policy_id: str
+    policy_version: str
+    ttl_granted: int
+    tools: tuple[ToolGrant, ...]
+    reasons: tuple[str, ...] = ()
+    messages: tuple[str, ...] = ()
+    limits: tuple[LimitCheck, ...] = ()
+    shadow: tuple[str, ...] = ()
+
+    @property
+    def rule_ids(self) -> tuple[str, ...]:
+        """The rules that allowed the tools, in request order, deduplicated."""
+        return tuple(dict.fromkeys(g.rule_id for g in self.tools if g.rule_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """An issued credential. `secret` is the token or the secret data: never logged.
+
+    Attributes:
+        tool: The tool it is for.
+        type: `jwt` or `vault`.
+        credential_id: The JWT `jti`, or the Vault lease / token accessor.
+        expires_at: When it stops working.
+        secret: The token (`jwt`, Vault `token`/`kv` wrapping token) as a `Secret`.
+        data: Secret fields (`vault` dynamic secrets), each a `Secret`.
+        audit_id: What the audit trail records as the id (an HMAC for Vault leases).
+    """
+
+    tool: str
+    type: str
+    credential_id: str
+    expires_at: datetime
+    secret: Secret | None = None
+    data: tuple[tuple[str, Secret], ...] = ()
+    audit_id: str | None = None

@@ -219,6 +219,7 @@ class Unavailable(BrokerError):
         detail: str,
         *,
         retry_after: int = 5,
+        reason: str = "backend_unavailable",
         extra: Mapping[str, object] | None = None,
     ) -> None:
         """Create the error.
@@ -226,7 +227,9 @@ class Unavailable(BrokerError):
         Args:
             detail: Which dependency is unavailable (never its raw error).
             retry_after: Suggested seconds before a retry.
+            reason: Reason code for the audit trail (`vault_unavailable`, ...).
             extra: Extension members for the problem document.
         """
         super().__init__(detail, extra=extra, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
+        self.reason = reason

@@ -7,15 +7,22 @@ web layer holds the result for the life of the application.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-from broker.authn import Authenticator, create_authenticator
+from broker.audit import LeaseHasher, create_audit_sink
+from broker.authn import create_authenticator
 from broker.clock import SystemClock
 from broker.config.settings import Settings
+from broker.context.user_token import UserTokenVerifier
 from broker.identity import create_identity_source
 from broker.identity.tls import ServerTls
-from broker.typing import Clock, IdentitySource
+from broker.issuers.jwt import JwtIssuer
+from broker.issuers.keys import KeyRing
+from broker.pipeline import Pipeline
+from broker.policy.reloader import ReloadingPolicy
+from broker.state import create_state_store
+from broker.typing import AuditSink, Clock, IdentitySource, Issuer, StateStore
 
 __all__ = ["Runtime", "open_runtime"]
 
@@ -28,11 +35,21 @@ class Runtime:
     clock: Clock
     identity: IdentitySource
     tls: ServerTls
-    authenticator: Authenticator
+    state: StateStore
+    audit: AuditSink
+    policy: ReloadingPolicy
+    keys: KeyRing | None
+    jwt_issuer: JwtIssuer | None
+    lease_hasher: LeaseHasher
+    pipeline: Pipeline
 
-    def readiness(self) -> dict[str, bool]:
+    async def readiness(self) -> dict[str, bool]:
         """Each dependency's readiness; the broker is ready when all are."""
-        return {"identity": self.identity.ready()}
+        return {
+            "identity": self.identity.ready(),
+            "state": await self.state.ping(),
+            "audit": self.audit.ready(),
+        }
 
 
 @asynccontextmanager
@@ -48,17 +65,66 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
 
     Raises:
         IdentityError: No identity material could be loaded.
+        ConfigError: The policy or the signing keys are invalid.
     """
     clock = clock or SystemClock()
-    identity = create_identity_source(settings, clock)
-    await identity.start()
-    try:
+    async with AsyncExitStack() as stack:
+        identity = create_identity_source(settings, clock)
+        await identity.start()
+        stack.push_async_callback(identity.close)
+
+        policy = ReloadingPolicy(
+            settings.policy.file if settings.policy else None,
+            known_tools=frozenset(t.name for t in settings.tools),
+            tool_scopes={t.name: t.scopes for t in settings.tools},
+            watch_seconds=settings.policy.watch_seconds if settings.policy else 2.0,
+        )
+        await policy.start()
+        stack.push_async_callback(policy.close)
+
+        state = create_state_store(settings, clock)
+        await state.start()
+        stack.push_async_callback(state.close)
+
+        audit = create_audit_sink(settings, clock)
+        await audit.start()
+        stack.push_async_callback(audit.close)
+
+        issuers: dict[str, Issuer] = {}
+        keys: KeyRing | None = None
+        jwt_issuer: JwtIssuer | None = None
+        if settings.jwt_issuer is not None:
+            keys = KeyRing(settings.jwt_issuer, clock)
+            keys.load()
+            await keys.start()
+            stack.push_async_callback(keys.close)
+            jwt_issuer = JwtIssuer(settings.issuer_url, keys, clock)
+            issuers["jwt"] = jwt_issuer
+
+        user_tokens = UserTokenVerifier(settings.user_token_issuers, clock)
+        await user_tokens.start()
+        stack.push_async_callback(user_tokens.close)
+
+        pipeline = Pipeline(
+            settings=settings,
+            clock=clock,
+            authenticator=create_authenticator(settings, identity, clock),
+            user_tokens=user_tokens,
+            policy=policy,
+            issuers=issuers,
+            state=state,
+            audit=audit,
+        )
         yield Runtime(
             settings=settings,
             clock=clock,
             identity=identity,
             tls=ServerTls(identity),
-            authenticator=create_authenticator(settings, identity, clock),
+            state=state,
+            audit=audit,
+            policy=policy,
+            keys=keys,
+            jwt_issuer=jwt_issuer,
+            lease_hasher=LeaseHasher.from_settings(settings),
+            pipeline=pipeline,
         )
-    finally:
-        await identity.close()

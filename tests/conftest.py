@@ -9,14 +9,32 @@ from pathlib import Path
 import pytest
 
 from broker.logging import configure_logging
+from tests.support import leaks
 from tests.support.broker import Identity
 from tests.support.clock import ManualClock
+from tests.support.servers import RedisServer, redis_server
 from tests.support.workload_api import WorkloadApiServer
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _quiet_logging() -> None:
-    configure_logging("warning")
+def _broker_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every in-process broker logs at DEBUG to one file, scanned for secrets at the end."""
+    path = tmp_path_factory.mktemp("logs") / "broker-debug.log"
+    with path.open("a", encoding="utf-8") as stream:
+        configure_logging("debug", stream=stream)
+        leaks.watch_log(path)
+        yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any remembered secret reached an audit file or a log."""
+    findings = leaks.scan(leaks.LOGS, leaks.AUDIT_ROOTS)
+    if findings:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "SECRETS FOUND IN AUDIT FILES OR LOGS:\n" + "\n".join(sorted(set(findings))[:50])
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -40,3 +58,10 @@ def workload_api() -> Iterator[WorkloadApiServer]:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session (tests use their own key prefixes)."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server

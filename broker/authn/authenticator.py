@@ -14,6 +14,7 @@ Any presented credential that fails fails the request: nothing falls back to a w
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -25,8 +26,10 @@ from broker.authn.jwt_svid import JwtSvidVerifier
 from broker.authn.x509 import X509SvidVerifier
 from broker.domain import Caller
 from broker.errors import Unauthenticated
+from broker.identity.material import spiffe_id_of
+from broker.jose import JoseError, unverified_claims
 
-__all__ = ["Authenticator", "Presented", "parse_xfcc"]
+__all__ = ["Authenticator", "Presented", "parse_xfcc", "presented_identity"]
 
 _MAX_XFCC_BYTES = 32 * 1024
 
@@ -162,3 +165,28 @@ def parse_xfcc(header: str) -> list[dict[str, str]]:
             elements.append(current)
             current = {}
     return elements
+
+
+def presented_identity(presented: Presented) -> tuple[str | None, str | None, str | None]:
+    """What identity a request *claimed* (unverified), for the audit of a failure.
+
+    Returns:
+        (claimed SPIFFE ID, leaf SHA-256 hex, JWT-SVID jti); never the token itself.
+    """
+    spiffe_id = thumbprint = jti = None
+    if presented.peer_chain:
+        thumbprint = hashlib.sha256(presented.peer_chain[0]).hexdigest()
+        try:
+            spiffe_id = spiffe_id_of(x509.load_der_x509_certificate(presented.peer_chain[0]))
+        except ValueError:
+            spiffe_id = None
+    if presented.authorization:
+        _, _, token = presented.authorization.strip().partition(" ")
+        try:
+            claims = unverified_claims(token.strip())
+        except JoseError:
+            claims = {}
+        sub, raw_jti = claims.get("sub"), claims.get("jti")
+        spiffe_id = spiffe_id or (sub[:256] if isinstance(sub, str) else None)
+        jti = raw_jti[:128] if isinstance(raw_jti, str) else None
+    return spiffe_id, thumbprint, jti

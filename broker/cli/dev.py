@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from broker.logging import configure_logging
 __all__ = ["add_commands", "demo_command"]
 
 DEFAULT_DIR = Path(".broker-dev")
+DEMO_TOKEN_TTL = 12 * 3600
 MAX_TTL = 24 * 3600
 
 
@@ -84,15 +86,16 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_command(td: DevTrustDomain, url: str) -> str:
-    """One copy-pasteable command that authenticates as the demo `claims` agent."""
-    agent = td.agent_dir("claims")
-    rel = _relative(td.root)
+def demo_command(td: DevTrustDomain, url: str, user_token: str) -> str:
+    """One copy-pasteable command: the `claims` agent gets a credential for a user."""
+    agent = _relative(td.agent_dir("claims"))
+    body = json.dumps({"tools": ["customer_data_api"], "user_token": user_token})
     return (
-        f"curl --cacert {shlex.quote(str(rel / 'ca/bundle.pem'))} "
-        f"--cert {shlex.quote(str(_relative(agent) / 'svid.pem'))} "
-        f"--key {shlex.quote(str(_relative(agent) / 'key.pem'))} "
-        f"{url}/v1/whoami"
+        f"curl --cacert {shlex.quote(str(_relative(td.root) / 'ca/bundle.pem'))} "
+        f"--cert {shlex.quote(str(agent / 'svid.pem'))} "
+        f"--key {shlex.quote(str(agent / 'key.pem'))} "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)} "
+        f"{url}/v1/credentials"
     )
 
 
@@ -115,10 +118,15 @@ def _dev(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
 
     def announce(url: str) -> None:
+        token = mint_user_token(
+            td, user="alice", tier="standard", ttl=DEMO_TOKEN_TTL, groups=(), clock=clock
+        )
         print(  # noqa: T201
             f"\nbroker dev: trust domain {td.trust_domain} in {td.root}\n"
             f"serving {url} (mTLS, SPIFFE ID {td.broker_id})\n\n"
-            f"Try it as the demo agent 'claims':\n\n  {demo_command(td, url)}\n",
+            "Get a five-minute credential as the demo agent 'claims', on behalf of user "
+            f"'alice' (her token, minted now, is valid {DEMO_TOKEN_TTL // 3600} h):\n\n"
+            f"  {demo_command(td, url, token)}\n",
             flush=True,
         )
 

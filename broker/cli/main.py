@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from broker import __version__
-from broker.cli import dev
+from broker.cli import dev, tools
 from broker.config.settings import load_settings
 from broker.errors import ConfigError
 from broker.identity.material import IdentityError
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     dev.add_commands(commands)
+    tools.add_commands(commands)
     return parser
 
 

@@ -93,10 +93,11 @@ class Reader:
         return ConfigError(f"{self._file}: {self.key(name)}: {message}")
 
     def has(self, name: str) -> bool:
-        """Whether `name` is present (and not null)."""
+        """Whether `name` is present (and not null); asking makes it a known key."""
+        self._seen.add(name)
         return self._data.get(name) is not None
 
-    def keys(self) -> list[str]:
+    def names(self) -> list[str]:
         """All keys of the mapping (marks them as seen)."""
         names = [str(k) for k in self._data]
         self._seen.update(names)
@@ -141,6 +142,8 @@ class Reader:
         max_length: int = 4096,
     ) -> str:
         """Read a non-empty string."""
+        if not self.has(name) and not isinstance(default, _Missing):
+            return default
         value = self._get(name, default)
         if not isinstance(value, str):
             raise self.error(name, f"must be a string, not {_type_name(value)}")
@@ -194,6 +197,13 @@ class Reader:
         if maximum is not None and value > maximum:
             raise self.error(name, f"must be at most {maximum} (got {value})")
         return float(value)
+
+    def scalar(self, name: str) -> str:
+        """Read a required integer or string as text (for versions)."""
+        value = self._get(name, MISSING)
+        if isinstance(value, bool) or not isinstance(value, int | str) or str(value).strip() == "":
+            raise self.error(name, "must be a non-empty string or an integer")
+        return str(value)
 
     def boolean(self, name: str, default: bool | _Missing = MISSING) -> bool:  # noqa: FBT001
         """Read a boolean."""

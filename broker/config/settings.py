@@ -7,9 +7,11 @@ the key in each error. Nothing else in the broker reads the YAML; everything rec
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from broker.config.reader import Reader, load_yaml_mapping
 from broker.spiffe_id import parse_spiffe_id, parse_trust_domain
@@ -17,6 +19,7 @@ from broker.spiffe_id import parse_spiffe_id, parse_trust_domain
 __all__ = [
     "JWT_SVID_ALGORITHMS",
     "MAX_BODY_BYTES",
+    "AuditSettings",
     "AuthnSettings",
     "FederatedDomain",
     "FilesIdentitySettings",
@@ -24,6 +27,7 @@ __all__ = [
     "JwtSvidSettings",
     "ListenSettings",
     "Settings",
+    "StateSettings",
     "WorkloadApiSettings",
     "load_settings",
 ]
@@ -42,6 +46,11 @@ JWT_SVID_ALGORITHMS = (
 )
 MAX_JWT_LEEWAY_SECONDS = 60
 MAX_BODY_BYTES = 64 * 1024
+# Algorithms accepted for user tokens: asymmetric only, never `none` or HMAC.
+USER_TOKEN_ALGORITHMS = ("EdDSA", *JWT_SVID_ALGORITHMS)
+ISSUER_ALGORITHMS = ("EdDSA", "ES256")
+MAX_CREDENTIAL_TTL = 300
+TOOL_NAME_PATTERN = r"[a-z][a-z0-9_.-]{0,63}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,81 @@ class AuthnSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicySettings:
+    """Where the policy comes from and how often its file is checked for changes."""
+
+    file: Path
+    watch_seconds: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class UserTokenIssuer:
+    """An identity provider whose user tokens carry delegation context."""
+
+    issuer: str
+    audience: tuple[str, ...]
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwks_ca_file: Path | None = None
+    algorithms: tuple[str, ...] = ("EdDSA", "ES256", "RS256", "PS256")
+    leeway_seconds: int = 30
+    tier_claim: str = "tier"
+    groups_claim: str = "groups"
+    jwks_refresh_seconds: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class JwtIssuerSettings:
+    """The broker's own JWT issuer (credentials of `type: jwt` tools)."""
+
+    issuer: str | None
+    algorithm: str = "EdDSA"
+    keys_file: Path | None = None
+    auto_rotate: bool = True
+    rotation_hours: float = 168.0
+    publish_ahead_seconds: int = 0
+    leeway_seconds: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSettings:
+    """A tool agents may get credentials for, and how its credentials are made."""
+
+    name: str
+    type: Literal["jwt", "vault"]
+    audience: str | None = None
+    scopes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    """Where shared state lives: embedded SQLite (one process) or Redis (replicas)."""
+
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    path: Path | None = None
+    url: str | None = None
+    password_file: Path | None = None
+    key_prefix: str = "broker:"
+    agent_revocation_seconds: int = 30 * 86400
+    jwt_svid_replay_protection: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    """The audit trail: where it goes and how hard it insists on durability."""
+
+    sink: Literal["file", "stdout"] = "file"
+    path: Path | None = None
+    chain_id: str | None = None
+    fsync: bool = True
+    write_timeout_ms: int = 2000
+    max_file_bytes: int = 100 * 1024 * 1024
+    hmac_key_file: Path | None = None
+    checkpoint_key_file: Path | None = None
+    checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The whole configuration, validated."""
 
@@ -119,8 +203,29 @@ class Settings:
     listen: ListenSettings
     identity: IdentitySettings
     authentication: AuthnSettings
+    policy: PolicySettings | None = None
+    user_token_issuers: tuple[UserTokenIssuer, ...] = ()
+    jwt_issuer: JwtIssuerSettings | None = None
+    tools: tuple[ToolSettings, ...] = ()
+    state: StateSettings = StateSettings()
+    audit: AuditSettings = AuditSettings()
     admins: frozenset[str] = frozenset()
+    resource_servers: frozenset[str] = frozenset()
     log_level: str = "info"
+
+    def tool(self, name: str) -> ToolSettings | None:
+        """A tool by name."""
+        return next((t for t in self.tools if t.name == name), None)
+
+    @property
+    def issuer_url(self) -> str:
+        """The `iss` of broker-minted JWTs (default: the listener's URL)."""
+        if self.jwt_issuer is not None and self.jwt_issuer.issuer:
+            return self.jwt_issuer.issuer
+        host = self.listen.host
+        host = "127.0.0.1" if host in {"0.0.0.0", "::", ""} else host  # noqa: S104
+        host = f"[{host}]" if ":" in host else host
+        return f"https://{host}:{self.listen.port}"
 
     @property
     def trusted_domains(self) -> frozenset[str]:
@@ -156,10 +261,19 @@ def load_settings(path: Path) -> Settings:
         listen=_listen(root.section("listen")),
         identity=_identity(root.section("identity", required=True), trust_domain),
         authentication=_authentication(root.section("authentication", required=True)),
+        policy=_policy(root.section("policy")) if root.has("policy") else None,
+        user_token_issuers=_user_token_issuers(root),
+        jwt_issuer=_jwt_issuer(root.section("jwt_issuer")) if root.has("jwt_issuer") else None,
+        tools=_tools(root.section("tools")),
+        state=_state(root.section("state")),
+        audit=_audit(root.section("audit")),
         admins=frozenset(_spiffe_ids(root, "admins")),
+        resource_servers=frozenset(_spiffe_ids(root, "resource_servers")),
         log_level=root.string("log_level", "info", choices=("debug", "info", "warning", "error")),
     )
     root.finish()
+    if any(t.type == "jwt" for t in settings.tools) and settings.jwt_issuer is None:
+        raise root.error("jwt_issuer", "is required when a tool has type 'jwt'")
     return settings
 
 
@@ -269,3 +383,137 @@ def _authentication(reader: Reader) -> AuthnSettings:
     )
     reader.finish()
     return authn
+
+
+def _policy(reader: Reader) -> PolicySettings:
+    policy = PolicySettings(
+        file=reader.path("file"),
+        watch_seconds=reader.number("watch_seconds", 2.0, minimum=0.1, maximum=3600),
+    )
+    reader.finish()
+    return policy
+
+
+def _url(reader: Reader, name: str, *, https_only: bool = True) -> str:
+    value = reader.string(name, max_length=2048)
+    parsed = urlsplit(value)
+    schemes = ("https",) if https_only else ("https", "http")
+    if parsed.scheme not in schemes or not parsed.netloc:
+        raise reader.error(name, f"must be an absolute {' or '.join(schemes)} URL")
+    return value
+
+
+def _user_token_issuers(root: Reader) -> tuple[UserTokenIssuer, ...]:
+    issuers: list[UserTokenIssuer] = []
+    for item in root.sections("user_token_issuers"):
+        issuer = item.string("issuer", max_length=2048)
+        jwks_file = item.optional_path("jwks_file")
+        jwks_url = _url(item, "jwks_url") if item.has("jwks_url") else None
+        if (jwks_file is None) == (jwks_url is None):
+            raise item.error("jwks_file", "exactly one of jwks_file and jwks_url is required")
+        issuers.append(
+            UserTokenIssuer(
+                issuer=issuer,
+                audience=item.strings("audience", non_empty=True),
+                jwks_file=jwks_file,
+                jwks_url=jwks_url,
+                jwks_ca_file=item.optional_path("jwks_ca_file"),
+                algorithms=item.strings(
+                    "algorithms",
+                    ("EdDSA", "ES256", "RS256", "PS256"),
+                    choices=USER_TOKEN_ALGORITHMS,
+                    non_empty=True,
+                ),
+                leeway_seconds=item.integer(
+                    "leeway_seconds", 30, minimum=0, maximum=MAX_JWT_LEEWAY_SECONDS
+                ),
+                tier_claim=item.string("tier_claim", "tier"),
+                groups_claim=item.string("groups_claim", "groups"),
+                jwks_refresh_seconds=item.integer(
+                    "jwks_refresh_seconds", 300, minimum=30, maximum=86400
+                ),
+            )
+        )
+        item.finish()
+    names = [i.issuer for i in issuers]
+    if len(set(names)) != len(names):
+        raise root.error("user_token_issuers", "lists an issuer twice")
+    return tuple(issuers)
+
+
+def _jwt_issuer(reader: Reader) -> JwtIssuerSettings:
+    issuer = JwtIssuerSettings(
+        issuer=_url(reader, "issuer") if reader.has("issuer") else None,
+        algorithm=reader.string("algorithm", "EdDSA", choices=ISSUER_ALGORITHMS),
+        keys_file=reader.optional_path("keys_file"),
+        auto_rotate=reader.boolean("auto_rotate", True),  # noqa: FBT003
+        rotation_hours=reader.number("rotation_hours", 168.0, minimum=0.01, maximum=24 * 366),
+        publish_ahead_seconds=reader.integer(
+            "publish_ahead_seconds", 0, minimum=0, maximum=7 * 86400
+        ),
+        leeway_seconds=reader.integer(
+            "leeway_seconds", 60, minimum=0, maximum=MAX_JWT_LEEWAY_SECONDS
+        ),
+    )
+    reader.finish()
+    return issuer
+
+
+def _tools(reader: Reader) -> tuple[ToolSettings, ...]:
+    tools: list[ToolSettings] = []
+    for name in reader.names():
+        if not re.fullmatch(TOOL_NAME_PATTERN, name):
+            raise reader.error(name, f"is not a valid tool name ({TOOL_NAME_PATTERN})")
+        item = reader.section(name)
+        item.string("type", choices=("jwt",))
+        scopes = tuple(scope for value in item.strings("scope", ()) for scope in value.split())
+        tool = ToolSettings(
+            name=name, type="jwt", audience=item.string("audience", max_length=2048), scopes=scopes
+        )
+        item.finish()
+        tools.append(tool)
+    return tuple(tools)
+
+
+def _state(reader: Reader) -> StateSettings:
+    backend = reader.string("backend", "sqlite", choices=("sqlite", "redis"))
+    if backend == "sqlite":
+        path = reader.path("path", "state.db")
+        url = None
+    else:
+        path = None
+        url = reader.string("url", max_length=2048)
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise reader.error("url", "must be a redis://, rediss:// or unix:// URL")
+    state = StateSettings(
+        backend=backend,  # type: ignore[arg-type]
+        path=path,
+        url=url,
+        password_file=reader.optional_path("password_file"),
+        key_prefix=reader.string("key_prefix", "broker:", pattern=r"[A-Za-z0-9:_.-]{1,64}"),
+        agent_revocation_seconds=reader.integer(
+            "agent_revocation_seconds", 30 * 86400, minimum=60, maximum=366 * 86400
+        ),
+        jwt_svid_replay_protection=reader.boolean("jwt_svid_replay_protection", False),  # noqa: FBT003
+    )
+    reader.finish()
+    return state
+
+
+def _audit(reader: Reader) -> AuditSettings:
+    sink = reader.string("sink", "file", choices=("file", "stdout"))
+    audit = AuditSettings(
+        sink=sink,  # type: ignore[arg-type]
+        path=reader.path("path", "audit.log") if sink == "file" else reader.optional_path("path"),
+        chain_id=reader.optional_string("chain_id"),
+        fsync=reader.boolean("fsync", True),  # noqa: FBT003
+        write_timeout_ms=reader.integer("write_timeout_ms", 2000, minimum=10, maximum=60000),
+        max_file_bytes=reader.integer(
+            "max_file_bytes", 100 * 1024 * 1024, minimum=4096, maximum=1 << 40
+        ),
+        hmac_key_file=reader.optional_path("hmac_key_file"),
+        checkpoint_key_file=reader.optional_path("checkpoint_key_file"),
+        checkpoint_every=reader.integer("checkpoint_every", 1000, minimum=1, maximum=1_000_000),
+    )
+    reader.finish()
+    return audit

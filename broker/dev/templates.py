@@ -38,6 +38,48 @@ authentication:
 
 admins:
   - spiffe://{trust_domain}/admin
+
+policy:
+  file: policy.yaml              # reloaded when it changes (or on SIGHUP), validated first
+
+# End users' identity providers: the user_token of a request is validated against these.
+user_token_issuers:
+  - issuer: https://idp.{trust_domain}
+    audience: credential-broker
+    jwks_file: idp/jwks.json     # or jwks_url: https://... (cached, refetched carefully)
+
+# The broker's own JWT issuer (tools of type `jwt`).
+jwt_issuer:
+  # issuer: https://broker.{trust_domain}   # default: https://<listen host>:<port>
+  algorithm: EdDSA
+  keys_file: issuer/keys.json
+  auto_rotate: true              # one process: rotate weekly; replicas share a Secret instead
+  rotation_hours: 168
+
+tools:
+  customer_data_api:
+    type: jwt
+    audience: https://customer-data.{trust_domain}
+    scope: customers:read
+  ticketing_api:
+    type: jwt
+    audience: https://ticketing.{trust_domain}
+    scope: tickets:read tickets:write
+  analytics_api:
+    type: jwt
+    audience: https://analytics.{trust_domain}
+    scope: analytics:query
+
+state:
+  backend: sqlite                # one process; use `redis` (url: ...) for replicas
+  path: state.db
+
+audit:
+  sink: file
+  path: audit.log
+  hmac_key_file: audit/hmac.key              # keyed hash of Vault lease ids
+  checkpoint_key_file: audit/checkpoint.key  # Ed25519: signed chain heads
+  checkpoint_every: 100
 """
 
 

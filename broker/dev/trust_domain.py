@@ -28,7 +28,11 @@ from pathlib import Path
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from broker.dev import templates
 from broker.dev.pki import (
@@ -43,6 +47,7 @@ from broker.dev.pki import (
 from broker.errors import ConfigError
 from broker.fileio import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
 from broker.identity.material import spiffe_id_of
+from broker.issuers.keys import add_key
 from broker.jose import public_jwk
 from broker.spiffe_id import parse_trust_domain
 from broker.typing import Clock
@@ -173,6 +178,21 @@ def _generate(td: DevTrustDomain, now: datetime) -> None:
     write_atomic(
         td.root / "idp" / "jwks.json",
         _json({"keys": [public_jwk(idp_key, alg="EdDSA")]}),
+        mode=PUBLIC_MODE,
+    )
+
+    ensure_private_dir(td.root / "issuer")
+    add_key(
+        td.root / "issuer" / "keys.json", "EdDSA", now=now.timestamp(), publish_ahead=0, leeway=60
+    )
+
+    ensure_private_dir(td.root / "audit")
+    write_atomic(td.root / "audit" / "hmac.key", secrets.token_hex(32).encode() + b"\n")
+    checkpoint = new_ed25519_key()
+    write_atomic(td.root / "audit" / "checkpoint.key", key_pem(checkpoint))
+    write_atomic(
+        td.root / "audit" / "checkpoint.pub",
+        checkpoint.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo),
         mode=PUBLIC_MODE,
     )
 

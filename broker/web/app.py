@@ -9,7 +9,7 @@ from aiohttp import web
 from broker.config.settings import MAX_BODY_BYTES, Settings
 from broker.runtime import open_runtime
 from broker.typing import Clock
-from broker.web.handlers import health, whoami
+from broker.web.handlers import credentials, health, wellknown, whoami
 from broker.web.keys import RUNTIME
 from broker.web.middleware import middlewares
 
@@ -33,5 +33,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app.cleanup_ctx.append(runtime_context)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/.well-known/jwks.json", wellknown.jwks)
+    app.router.add_get("/.well-known/openid-configuration", wellknown.openid_configuration)
     app.router.add_get("/v1/whoami", whoami.whoami)
+    app.router.add_post("/v1/credentials", credentials.post_credentials)
     return app

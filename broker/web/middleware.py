@@ -127,7 +127,9 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     """Every `/v1/` endpoint requires an authenticated caller."""
     if request.path.startswith("/v1/"):
         runtime = request.app[RUNTIME]
-        request[CALLER] = runtime.authenticator.authenticate(presented(request))
+        request[CALLER] = await runtime.pipeline.authenticate(
+            presented(request), request_id=request[REQUEST_ID], remote=request.remote
+        )
     return await handler(request)
 
 

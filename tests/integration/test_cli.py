@@ -102,7 +102,7 @@ def _whoami(url: str, root: Path, agent: str) -> dict[str, object]:
 
 
 def test_broker_dev_serves_mtls_and_prints_a_working_command(tmp_path: Path) -> None:
-    """`broker dev` serves the trust domain with mTLS and prints a command that works as printed."""
+    """`broker dev` serves with mTLS and prints a curl that gets a credential, as printed."""
     port = free_port()
     with broker_process(["dev", "--dir", "d", "--port", str(port)], cwd=tmp_path) as proc:
         url = f"https://127.0.0.1:{port}"
@@ -124,7 +124,12 @@ def test_broker_dev_serves_mtls_and_prints_a_working_command(tmp_path: Path) -> 
                 check=False,
             )
             assert out.returncode == 0, out.stderr
-            assert json.loads(out.stdout)["spiffe_id"] == "spiffe://example.org/agent/claims"
+            issued = json.loads(out.stdout)
+            assert issued["expires_in"] == 300
+            [credential] = issued["credentials"]
+            assert credential["tool"] == "customer_data_api"
+            assert credential["type"] == "jwt"
+            assert credential["token"].count(".") == 2
     assert proc.proc is not None
     assert proc.proc.returncode == 0  # SIGTERM is a clean shutdown
 

@@ -26,6 +26,7 @@ from broker.config.settings import Settings, load_settings
 from broker.typing import Clock
 from broker.web.app import create_app
 from broker.web.keys import RUNTIME
+from tests.support import leaks
 from tests.support.pki import Svid, TrustDomain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,6 +185,8 @@ class BrokerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BrokerProcess:
+        leaks.watch_log(self.stderr_path)
+        leaks.watch_audit(self.cwd)
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "broker", *self.args],

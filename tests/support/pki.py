@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.dev.pki import cert_pem, issue_ca, issue_leaf, key_pem, new_ec_key
 from broker.fileio import write_atomic
 from broker.jose import public_jwk
+from tests.support import leaks
 
 
 @dataclass
@@ -156,4 +157,6 @@ class TrustDomain:
             body.pop(name, None)
         head: dict[str, Any] = {"kid": self.jwt_kid, "typ": "JWT"}
         head.update(headers or {})
-        return jwt.encode(body, key or self.jwt_key, algorithm=algorithm, headers=head)
+        token = jwt.encode(body, key or self.jwt_key, algorithm=algorithm, headers=head)
+        leaks.remember(token)
+        return token

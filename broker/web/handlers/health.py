@@ -22,7 +22,7 @@ async def readyz(request: web.Request) -> web.Response:
     Raises:
         Unavailable: Some dependency is not ready; `checks` says which.
     """
-    checks = request.app[RUNTIME].readiness()
+    checks = await request.app[RUNTIME].readiness()
     if not all(checks.values()):
         failing = ", ".join(name for name, ok in checks.items() if not ok)
         raise Unavailable(f"not ready: {failing}", retry_after=1, extra={"checks": checks})

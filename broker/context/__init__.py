@@ -1,0 +1,1 @@
+"""Delegation context: the end user on whose behalf an agent acts (RFC 8693)."""

@@ -1,0 +1,227 @@
+"""Validation of the end user's token: the delegation context of a request (RFC 8693).
+
+A token is accepted only from a configured issuer (`iss` matched exactly), signed with a
+key from that issuer's key set using an allowed asymmetric algorithm, for the configured
+audience, inside its validity window. A failure is a policy denial (403) with a reason
+code, except an unreachable key set, which is the broker's problem (503).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from broker.config.settings import UserTokenIssuer
+from broker.context.jwks import FileKeySet, KeySet, UrlKeySet
+from broker.domain import UserContext
+from broker.errors import Unavailable
+from broker.identity.material import IdentityError, PublicKey
+from broker.jose import (
+    JoseError,
+    check_audience,
+    check_time_claims,
+    decode_verified,
+    key_fits_algorithm,
+    unverified_claims,
+    unverified_header,
+)
+from broker.typing import Clock
+
+__all__ = ["UserTokenRejected", "UserTokenVerifier"]
+
+MAX_ACT_DEPTH = 8
+USER_TOKEN_TYPES = ("JWT", "at+jwt", "application/at+jwt")
+_ANY_ASYMMETRIC = (
+    "EdDSA",
+    "ES256",
+    "ES384",
+    "ES512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+)
+
+
+class UserTokenRejected(Exception):
+    """The user token is not acceptable; `code` is the audited reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        """Create the rejection.
+
+        Args:
+            code: Reason code (`user_token_invalid`, `user_token_expired`,
+                `user_token_wrong_audience`, `user_token_issuer_untrusted`).
+            message: Explanation fit for the caller (never the token).
+        """
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UserTokenVerifier:
+    """Validates user tokens against the configured issuers."""
+
+    def __init__(
+        self,
+        issuers: Sequence[UserTokenIssuer],
+        clock: Clock,
+        key_sets: Mapping[str, KeySet] | None = None,
+    ) -> None:
+        """Create the verifier.
+
+        Args:
+            issuers: The trusted user-token issuers.
+            clock: For validity checks and cache ages.
+            key_sets: Key sets by issuer (built from the settings when omitted).
+        """
+        self._issuers = {i.issuer: i for i in issuers}
+        self._clock = clock
+        self._key_sets: dict[str, KeySet] = dict(key_sets or {})
+        for issuer in issuers:
+            if issuer.issuer not in self._key_sets:
+                self._key_sets[issuer.issuer] = _key_set(issuer, clock)
+
+    async def start(self) -> None:
+        """Load every issuer's keys once (failures are retried on use)."""
+        for key_set in self._key_sets.values():
+            await key_set.start()
+
+    async def close(self) -> None:
+        """Release key-set resources."""
+        for key_set in self._key_sets.values():
+            await key_set.close()
+
+    async def verify(self, token: str) -> UserContext:
+        """Validate a user token.
+
+        Raises:
+            UserTokenRejected: The token is not acceptable (a 403 with a reason).
+            Unavailable: The issuer's keys cannot be obtained (503).
+        """
+        if not token or len(token) > 16 * 1024:
+            raise UserTokenRejected("user_token_invalid", "user token is empty or too large")
+        try:
+            header = unverified_header(
+                token, allowed_algorithms=_ANY_ASYMMETRIC, allowed_types=USER_TOKEN_TYPES
+            )
+            unverified = unverified_claims(token)
+        except JoseError as exc:
+            raise UserTokenRejected("user_token_invalid", f"user token: {exc}") from None
+        iss = unverified.get("iss")
+        config = self._issuers.get(iss) if isinstance(iss, str) else None
+        if config is None:
+            raise UserTokenRejected(
+                "user_token_issuer_untrusted",
+                f"user token issuer {iss!r} is not trusted"
+                if isinstance(iss, str)
+                else "user token has no 'iss' claim",
+            )
+        alg = str(header["alg"])
+        if alg not in config.algorithms:
+            raise UserTokenRejected(
+                "user_token_invalid", f"user token algorithm {alg!r} is not allowed for {iss}"
+            )
+        kid = header.get("kid")
+        try:
+            keys = await self._key_sets[config.issuer].keys(kid if isinstance(kid, str) else None)
+        except IdentityError as exc:
+            raise Unavailable(f"keys of user-token issuer {iss} are unavailable: {exc}") from None
+        claims = _verify_signature(token, kid, alg, keys)
+        try:
+            check_time_claims(claims, now=self._clock.time(), leeway=config.leeway_seconds)
+        except JoseError as exc:
+            code = "user_token_expired" if "expired" in str(exc) else "user_token_invalid"
+            raise UserTokenRejected(code, f"user token: {exc}") from None
+        try:
+            check_audience(claims, config.audience)
+        except JoseError as exc:
+            raise UserTokenRejected("user_token_wrong_audience", f"user token: {exc}") from None
+        if claims.get("iss") != config.issuer:
+            raise UserTokenRejected("user_token_issuer_untrusted", "user token issuer mismatch")
+        return _user_context(claims, config)
+
+
+def _key_set(issuer: UserTokenIssuer, clock: Clock) -> KeySet:
+    if issuer.jwks_url is not None:
+        return UrlKeySet(
+            issuer.jwks_url,
+            clock,
+            refresh_seconds=issuer.jwks_refresh_seconds,
+            ca_file=issuer.jwks_ca_file,
+        )
+    assert issuer.jwks_file is not None  # guaranteed by the settings loader
+    return FileKeySet(issuer.jwks_file, clock)
+
+
+def _verify_signature(
+    token: str, kid: object, alg: str, keys: Mapping[str, PublicKey]
+) -> dict[str, object]:
+    try:
+        if isinstance(kid, str):
+            key = keys.get(kid)
+            if key is None:
+                raise UserTokenRejected(
+                    "user_token_invalid", f"user token key {kid!r} is not in the issuer's key set"
+                )
+            return decode_verified(token, key, alg)
+        for key in keys.values():
+            if key_fits_algorithm(key, alg):
+                try:
+                    return decode_verified(token, key, alg)
+                except JoseError:
+                    continue
+        raise JoseError("JWT signature does not verify against any key of the issuer")
+    except JoseError as exc:
+        raise UserTokenRejected("user_token_invalid", f"user token: {exc}") from None
+
+
+def _user_context(claims: Mapping[str, object], config: UserTokenIssuer) -> UserContext:
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 256:  # noqa: PLR2004
+        raise UserTokenRejected("user_token_invalid", "user token has no valid 'sub' claim")
+    tier = claims.get(config.tier_claim)
+    if tier is not None and not isinstance(tier, str):
+        raise UserTokenRejected(
+            "user_token_invalid", f"user token claim {config.tier_claim!r} is not a string"
+        )
+    raw_groups = claims.get(config.groups_claim, [])
+    if isinstance(raw_groups, str):
+        raw_groups = raw_groups.split()
+    if not isinstance(raw_groups, list) or not all(isinstance(g, str) for g in raw_groups):
+        raise UserTokenRejected(
+            "user_token_invalid",
+            f"user token claim {config.groups_claim!r} is not a list of strings",
+        )
+    jti = claims.get("jti")
+    exp = claims.get("exp")
+    return UserContext(
+        issuer=config.issuer,
+        subject=sub,
+        expires_at=float(exp) if isinstance(exp, int | float) else 0.0,
+        tier=tier,
+        groups=tuple(str(g) for g in raw_groups),
+        actors=actors_of(claims.get("act")),
+        token_id=jti if isinstance(jti, str) else None,
+    )
+
+
+def actors_of(act: object) -> tuple[str, ...]:
+    """The actors of an RFC 8693 `act` claim, least recent first.
+
+    The outermost `act` is the current actor; nested ones are earlier actors.
+
+    Raises:
+        UserTokenRejected: Malformed or too deeply nested.
+    """
+    chain: list[str] = []
+    current = act
+    while current is not None:
+        if not isinstance(current, dict) or not isinstance(current.get("sub"), str):
+            raise UserTokenRejected("user_token_invalid", "user token 'act' claim is malformed")
+        chain.append(current["sub"])
+        if len(chain) > MAX_ACT_DEPTH:
+            raise UserTokenRejected("user_token_invalid", "user token 'act' chain is too deep")
+        current = current.get("act")
+    return tuple(reversed(chain))

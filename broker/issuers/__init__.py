@@ -1,0 +1,1 @@
+"""Issuers: JWTs the broker signs, and Vault secrets."""

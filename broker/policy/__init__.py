@@ -1,0 +1,1 @@
+"""Contextual policy: which agent, for which user, which tool, how long, how often."""

@@ -1,0 +1,152 @@
+"""The policy as data: rules binding agent SPIFFE ID patterns to tools, under conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, time
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "AgentPattern",
+    "Effect",
+    "Limit",
+    "Mode",
+    "Policy",
+    "Rule",
+    "TimeWindow",
+    "UserCondition",
+]
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Effect(StrEnum):
+    """What a matching rule does."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Mode(StrEnum):
+    """Whether a rule's denials are enforced or only recorded (shadow mode)."""
+
+    ENFORCE = "enforce"
+    DRY_RUN = "dry_run"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPattern:
+    """An exact SPIFFE ID, or a prefix ending in `/*` (everything below that path)."""
+
+    text: str
+
+    @property
+    def is_prefix(self) -> bool:
+        """Whether this pattern matches a whole subtree."""
+        return self.text.endswith("/*")
+
+    @property
+    def key(self) -> str:
+        """The index key: the exact ID, or the prefix up to and including the last `/`."""
+        return self.text[:-1] if self.is_prefix else self.text
+
+    def matches(self, spiffe_id: str) -> bool:
+        """Whether `spiffe_id` matches (used by tests; the engine uses the index)."""
+        return spiffe_id.startswith(self.key) if self.is_prefix else spiffe_id == self.text
+
+
+@dataclass(frozen=True, slots=True)
+class UserCondition:
+    """Conditions on the end user; absent lists mean "any"."""
+
+    required: bool = False
+    issuers: frozenset[str] | None = None
+    tiers: frozenset[str] | None = None
+    groups_any: frozenset[str] | None = None
+    groups_all: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A rate limit (sliding window) or a budget (fixed window), counted per key.
+
+    Attributes:
+        kind: `rate` (any `window_seconds` span) or `budget` (calendar-aligned windows).
+        per: Which request attributes form the counter key (`agent`, `user`, `tool`).
+        limit: How many credentials the key may get per window.
+        window_seconds: The window length.
+    """
+
+    kind: str
+    per: tuple[str, ...]
+    limit: int
+    window_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Days and hours (in a time zone) during which a rule applies."""
+
+    days: frozenset[int]
+    start: time
+    end: time
+    timezone: str
+
+    def contains(self, when: datetime) -> bool:
+        """Whether `when` (aware) falls in the window (an end before start wraps midnight)."""
+        local = when.astimezone(ZoneInfo(self.timezone))
+        now = local.time()
+        if self.start <= self.end:
+            return local.weekday() in self.days and self.start <= now < self.end
+        # Overnight window: the part after midnight belongs to the previous day.
+        if now >= self.start:
+            return local.weekday() in self.days
+        return (local.weekday() - 1) % 7 in self.days and now < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One policy rule."""
+
+    id: str
+    index: int
+    agents: tuple[AgentPattern, ...]
+    tools: frozenset[str]
+    effect: Effect = Effect.ALLOW
+    mode: Mode = Mode.ENFORCE
+    description: str = ""
+    user: UserCondition = field(default_factory=UserCondition)
+    max_ttl_seconds: int | None = None
+    limits: tuple[Limit, ...] = ()
+    time_windows: tuple[TimeWindow, ...] = ()
+    max_delegation_depth: int | None = None
+    scopes: frozenset[str] | None = None
+
+    def covers(self, tool: str) -> bool:
+        """Whether the rule speaks about `tool`."""
+        return "*" in self.tools or tool in self.tools
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A validated policy: its identity (id, version) and its rules in file order."""
+
+    id: str
+    declared_version: str
+    content_hash: str
+    rules: tuple[Rule, ...]
+    tool_max_ttl: dict[str, int] = field(default_factory=dict)
+    default_max_ttl: int = 300
+    default_max_delegation_depth: int = 2
+
+    @property
+    def version(self) -> str:
+        """Declared version plus content hash: two different files never share a version."""
+        return f"{self.declared_version}+sha256:{self.content_hash[:12]}"
+
+    @property
+    def tools(self) -> frozenset[str]:
+        """Every tool the policy names (for cross-checks against the tool catalogue)."""
+        named = {t for rule in self.rules for t in rule.tools if t != "*"}
+        return frozenset(named | set(self.tool_max_ttl))

@@ -1,0 +1,68 @@
+"""Values the state stores hold."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+__all__ = ["CredentialRecord", "LimitResult", "credential_from_json", "credential_to_json"]
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialRecord:
+    """What the broker remembers of an issued credential (never the secret itself).
+
+    Attributes:
+        credential_id: The JWT `jti` or the Vault credential id.
+        tool: The tool.
+        type: `jwt` or `vault`.
+        agent: The owner agent's SPIFFE ID.
+        user: `issuer#subject` of the user it was issued for, if any.
+        decision_id: The decision that allowed it.
+        issued_at: Epoch seconds.
+        expires_at: Epoch seconds.
+        revoked: Whether it was revoked before expiry.
+        lease_id: Vault lease id or token accessor (to revoke it in Vault), if any.
+        scope: Space-separated scopes, for introspection.
+        audience: The audience, for introspection.
+    """
+
+    credential_id: str
+    tool: str
+    type: str
+    agent: str
+    user: str | None
+    decision_id: str
+    issued_at: float
+    expires_at: float
+    revoked: bool = False
+    lease_id: str | None = None
+    scope: str = ""
+    audience: str | None = None
+
+
+def credential_to_json(record: CredentialRecord) -> str:
+    """Serialise a record."""
+    return json.dumps(asdict(record), separators=(",", ":"))
+
+
+def credential_from_json(text: str | bytes) -> CredentialRecord:
+    """Deserialise a record."""
+    return CredentialRecord(**json.loads(text))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitResult:
+    """The outcome of consuming limits: all consumed, or none and which one refused.
+
+    Attributes:
+        allowed: Whether every limit admitted the request (and was consumed).
+        key: The refusing limit's key.
+        kind: The refusing limit's kind (`rate` or `budget`).
+        retry_after: Seconds until the refusing limit admits the request again.
+    """
+
+    allowed: bool
+    key: str | None = None
+    kind: str | None = None
+    retry_after: int = 0

@@ -1,0 +1,374 @@
+"""The embedded state store: SQLite, for one broker process. Survives a restart.
+
+sqlite3 is blocking, so every call runs on one dedicated worker thread (which also
+serialises access). Revoked agents are mirrored in memory because they are checked on
+every request. Rows carry their expiry and a purge task deletes what has expired, so the
+file does not grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import structlog
+
+from broker.blocking import DaemonExecutor
+from broker.domain import LimitCheck
+from broker.state.base import CredentialRecord, LimitResult
+from broker.typing import Clock
+
+__all__ = ["SqliteStateStore"]
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+PURGE_INTERVAL_SECONDS = 60.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS credentials (
+    id TEXT PRIMARY KEY,
+    tool TEXT NOT NULL,
+    type TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    user TEXT,
+    decision_id TEXT NOT NULL,
+    issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    lease_id TEXT,
+    lease_released INTEGER NOT NULL DEFAULT 0,
+    scope TEXT NOT NULL DEFAULT '',
+    audience TEXT
+);
+CREATE INDEX IF NOT EXISTS credentials_agent ON credentials (agent, expires_at);
+CREATE INDEX IF NOT EXISTS credentials_expiry ON credentials (expires_at);
+CREATE TABLE IF NOT EXISTS revoked_agents (agent TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, member TEXT NOT NULL, ts REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS rate_events_key ON rate_events (key, ts);
+CREATE TABLE IF NOT EXISTS budgets (
+    key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);
+"""
+
+_COLUMNS = (
+    "id, tool, type, agent, user, decision_id, issued_at, expires_at, revoked, lease_id, "
+    "scope, audience"
+)
+
+
+def _record(row: tuple[object, ...]) -> CredentialRecord:
+    return CredentialRecord(
+        credential_id=str(row[0]),
+        tool=str(row[1]),
+        type=str(row[2]),
+        agent=str(row[3]),
+        user=None if row[4] is None else str(row[4]),
+        decision_id=str(row[5]),
+        issued_at=float(row[6]),  # type: ignore[arg-type]
+        expires_at=float(row[7]),  # type: ignore[arg-type]
+        revoked=bool(row[8]),
+        lease_id=None if row[9] is None else str(row[9]),
+        scope=str(row[10]),
+        audience=None if row[11] is None else str(row[11]),
+    )
+
+
+def budget_key(check: LimitCheck, now: float) -> tuple[str, float]:
+    """The counter key of a fixed-window budget at `now`, and when that window ends."""
+    index = math.floor(now / check.window_seconds)
+    return f"{check.key}|{index}", (index + 1) * check.window_seconds
+
+
+class SqliteStateStore:
+    """A `StateStore` in one SQLite file."""
+
+    def __init__(self, path: Path, clock: Clock) -> None:
+        """Create the store (the file is opened by `start`)."""
+        self._path = path
+        self._clock = clock
+        self._executor = DaemonExecutor(1, "sqlite-state")
+        self._db: sqlite3.Connection | None = None
+        self._revoked_agents: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            db = self._db
+            assert db is not None
+            db.execute("BEGIN IMMEDIATE")  # one transaction per call: atomic, serialised
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def start(self) -> None:
+        """Open the file (0600), create the schema, load revoked agents."""
+
+        def open_db() -> sqlite3.Connection:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._path.touch(mode=0o600, exist_ok=True)
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+            return db
+
+        loop = asyncio.get_running_loop()
+        self._db = await loop.run_in_executor(self._executor, open_db)
+        now = self._clock.time()
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT agent, until FROM revoked_agents WHERE until > ?", (now,)
+            ).fetchall()
+        )
+        self._revoked_agents = {str(a): float(u) for a, u in rows}
+        self._task = asyncio.create_task(self._purge_loop(), name="sqlite-state-purge")
+
+    async def close(self) -> None:
+        """Stop purging and close the file."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        """Whether the file answers a query."""
+        if self._db is None:
+            return False
+        try:
+            await self._run(lambda db: db.execute("SELECT 1").fetchone())
+        except sqlite3.Error:
+            return False
+        return True
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+            try:
+                await self.purge()
+            except sqlite3.Error:
+                log.exception("state purge failed")
+
+    async def purge(self) -> None:
+        """Delete everything that has expired (kept: leases Vault has not released)."""
+        now = self._clock.time()
+
+        def purge(db: sqlite3.Connection) -> None:
+            db.execute(
+                "DELETE FROM credentials WHERE expires_at <= ? "
+                "AND (lease_id IS NULL OR lease_released = 1)",
+                (now,),
+            )
+            db.execute("DELETE FROM revoked_agents WHERE until <= ?", (now,))
+            db.execute("DELETE FROM budgets WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM seen WHERE until <= ?", (now,))
+            # Rate events older than the longest window any limit can have.
+            db.execute("DELETE FROM rate_events WHERE ts <= ?", (now - 86400,))
+
+        await self._run(purge)
+        self._revoked_agents = {a: u for a, u in self._revoked_agents.items() if u > now}
+
+    async def put_credentials(self, records: Sequence[CredentialRecord]) -> None:
+        """Remember issued credentials."""
+        rows = [
+            (
+                r.credential_id,
+                r.tool,
+                r.type,
+                r.agent,
+                r.user,
+                r.decision_id,
+                r.issued_at,
+                r.expires_at,
+                int(r.revoked),
+                r.lease_id,
+                r.scope,
+                r.audience,
+            )
+            for r in records
+        ]
+        await self._run(
+            lambda db: db.executemany(
+                f"INSERT OR REPLACE INTO credentials ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                rows,
+            )
+        )
+
+    async def get_credential(self, credential_id: str) -> CredentialRecord | None:
+        """A live credential, or None."""
+        now = self._clock.time()
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM credentials WHERE id = ? AND expires_at > ?",  # noqa: S608
+                (credential_id, now),
+            ).fetchone()
+        )
+        return _record(row) if row else None
+
+    async def revoke_credential(self, credential_id: str) -> CredentialRecord | None:
+        """Mark a live credential revoked."""
+        now = self._clock.time()
+
+        def revoke(db: sqlite3.Connection) -> tuple[object, ...] | None:
+            db.execute(
+                "UPDATE credentials SET revoked = 1 WHERE id = ? AND expires_at > ?",
+                (credential_id, now),
+            )
+            return db.execute(  # type: ignore[no-any-return]
+                f"SELECT {_COLUMNS} FROM credentials WHERE id = ? AND expires_at > ?",  # noqa: S608
+                (credential_id, now),
+            ).fetchone()
+
+        row = await self._run(revoke)
+        return _record(row) if row else None
+
+    async def agent_credentials(self, agent: str) -> list[CredentialRecord]:
+        """Live credentials of an agent."""
+        now = self._clock.time()
+        rows = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM credentials WHERE agent = ? AND expires_at > ?",  # noqa: S608
+                (agent, now),
+            ).fetchall()
+        )
+        return [_record(r) for r in rows]
+
+    async def revoke_agent(self, agent: str, until: float) -> None:
+        """Refuse an agent until `until`."""
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO revoked_agents (agent, until) VALUES (?, ?) "
+                "ON CONFLICT(agent) DO UPDATE SET until = max(until, excluded.until)",
+                (agent, until),
+            )
+        )
+        self._revoked_agents[agent] = max(until, self._revoked_agents.get(agent, 0.0))
+
+    async def agent_revoked(self, agent: str) -> bool:
+        """Whether an agent is revoked (from memory: this store has one process)."""
+        until = self._revoked_agents.get(agent)
+        return until is not None and until > self._clock.time()
+
+    async def consume_limits(
+        self, checks: Sequence[LimitCheck], member: str, now: float
+    ) -> LimitResult:
+        """Consume every limit atomically (one transaction), or none."""
+
+        def consume(db: sqlite3.Connection) -> LimitResult:
+            for check in checks:
+                if check.kind == "rate":
+                    db.execute(
+                        "DELETE FROM rate_events WHERE key = ? AND ts <= ?",
+                        (check.key, now - check.window_seconds),
+                    )
+                    (count,) = db.execute(
+                        "SELECT count(*) FROM rate_events WHERE key = ?", (check.key,)
+                    ).fetchone()
+                    if count + check.cost > check.limit:
+                        need = count + check.cost - check.limit
+                        (oldest,) = db.execute(
+                            "SELECT ts FROM rate_events WHERE key = ? ORDER BY ts LIMIT 1 OFFSET ?",
+                            (check.key, need - 1),
+                        ).fetchone() or (now,)
+                        retry = oldest + check.window_seconds - now
+                        return LimitResult(
+                            allowed=False,
+                            key=check.key,
+                            kind=check.kind,
+                            retry_after=max(1, math.ceil(retry)),
+                        )
+                else:
+                    key, ends = budget_key(check, now)
+                    row = db.execute("SELECT count FROM budgets WHERE key = ?", (key,)).fetchone()
+                    if (row[0] if row else 0) + check.cost > check.limit:
+                        return LimitResult(
+                            allowed=False,
+                            key=check.key,
+                            kind=check.kind,
+                            retry_after=max(1, math.ceil(ends - now)),
+                        )
+            for check in checks:
+                if check.kind == "rate":
+                    db.executemany(
+                        "INSERT INTO rate_events (key, member, ts) VALUES (?, ?, ?)",
+                        [(check.key, f"{member}:{i}", now) for i in range(check.cost)],
+                    )
+                else:
+                    key, ends = budget_key(check, now)
+                    db.execute(
+                        "INSERT INTO budgets (key, count, expires_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET count = count + excluded.count",
+                        (key, check.cost, ends),
+                    )
+            return LimitResult(allowed=True)
+
+        return await self._run(consume)
+
+    async def refund_limits(self, checks: Sequence[LimitCheck], member: str, now: float) -> None:
+        """Give back what `member` consumed."""
+
+        def refund(db: sqlite3.Connection) -> None:
+            for check in checks:
+                if check.kind == "rate":
+                    db.execute(
+                        "DELETE FROM rate_events WHERE key = ? AND member LIKE ?",
+                        (check.key, f"{member}:%"),
+                    )
+                else:
+                    key, _ = budget_key(check, now)
+                    db.execute(
+                        "UPDATE budgets SET count = max(0, count - ?) WHERE key = ?",
+                        (check.cost, key),
+                    )
+
+        await self._run(refund)
+
+    async def first_use(self, key: str, until: float) -> bool:
+        """Record `key`; False if it is already recorded and unexpired."""
+        now = self._clock.time()
+
+        def record(db: sqlite3.Connection) -> bool:
+            db.execute("DELETE FROM seen WHERE key = ? AND until <= ?", (key, now))
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO seen (key, until) VALUES (?, ?)", (key, until)
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(record)
+
+    async def leases_to_release(self, now: float) -> list[CredentialRecord]:
+        """Leases past expiry or revoked that Vault has not released yet."""
+        rows = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_COLUMNS} FROM credentials WHERE lease_id IS NOT NULL "  # noqa: S608
+                "AND lease_released = 0 AND (expires_at <= ? OR revoked = 1)",
+                (now,),
+            ).fetchall()
+        )
+        return [_record(r) for r in rows]
+
+    async def lease_released(self, credential_id: str) -> None:
+        """Forget a released lease."""
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE credentials SET lease_released = 1 WHERE id = ?", (credential_id,)
+            )
+        )

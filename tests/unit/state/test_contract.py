@@ -1,0 +1,245 @@
+"""The state store contract, run against every implementation: SQLite and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from broker.domain import LimitCheck
+from broker.state.base import CredentialRecord
+from broker.state.redis import RedisStateStore
+from broker.state.sqlite import SqliteStateStore
+from broker.typing import StateStore
+from tests.support.clock import ManualClock
+from tests.support.servers import RedisServer
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock, redis: RedisServer
+) -> AsyncIterator[StateStore]:
+    """Each implementation, fresh (Redis: a key prefix of its own)."""
+    implementation: StateStore
+    if request.param == "sqlite":
+        implementation = SqliteStateStore(tmp_path / "state.db", clock)
+    else:
+        implementation = RedisStateStore(redis.url, clock, prefix=f"t{secrets.token_hex(4)}:")
+    await implementation.start()
+    yield implementation
+    await implementation.close()
+
+
+def record(
+    clock: ManualClock,
+    cid: str = "c1",
+    *,
+    agent: str = "spiffe://example.org/agent/a",
+    ttl: float = 300,
+    lease: str | None = None,
+) -> CredentialRecord:
+    now = clock.time()
+    return CredentialRecord(
+        cid,
+        "crm",
+        "vault" if lease else "jwt",
+        agent,
+        "idp#alice",
+        "d1",
+        now,
+        now + ttl,
+        lease_id=lease,
+        scope="crm:read",
+        audience="https://crm",
+    )
+
+
+def rate(key: str, limit: int, window: int = 60, cost: int = 1) -> LimitCheck:
+    return LimitCheck("r", "rate", key, limit, window, cost)
+
+
+def budget(key: str, limit: int, window: int = 3600, cost: int = 1) -> LimitCheck:
+    return LimitCheck("r", "budget", key, limit, window, cost)
+
+
+async def test_ping(store: StateStore) -> None:
+    """A started store answers."""
+    assert await store.ping()
+
+
+async def test_credentials_are_remembered_until_expiry(
+    store: StateStore, clock: ManualClock
+) -> None:
+    """put/get round-trips; an expired credential is unknown."""
+    await store.put_credentials([record(clock, "c1"), record(clock, "short", ttl=5)])
+    assert await store.get_credential("c1") == record(clock, "c1")
+    assert await store.get_credential("nope") is None
+    clock.advance(6)
+    assert await store.get_credential("short") is None
+    assert (await store.get_credential("c1")) is not None
+
+
+async def test_revocation_of_a_credential(store: StateStore, clock: ManualClock) -> None:
+    """Revoking marks it (keeping it until expiry); unknown ids revoke nothing."""
+    await store.put_credentials([record(clock, "c1")])
+    revoked = await store.revoke_credential("c1")
+    assert revoked is not None
+    assert revoked.revoked
+    current = await store.get_credential("c1")
+    assert current is not None
+    assert current.revoked
+    assert await store.revoke_credential("unknown") is None
+
+
+async def test_live_credentials_of_an_agent(store: StateStore, clock: ManualClock) -> None:
+    """Only the agent's unexpired credentials are listed."""
+    await store.put_credentials(
+        [
+            record(clock, "a1"),
+            record(clock, "a2", ttl=5),
+            record(clock, "b1", agent="spiffe://example.org/agent/b"),
+        ]
+    )
+    clock.advance(6)
+    listed = await store.agent_credentials("spiffe://example.org/agent/a")
+    assert [r.credential_id for r in listed] == ["a1"]
+
+
+async def test_agent_revocation(store: StateStore, clock: ManualClock) -> None:
+    """A revoked agent is refused until its revocation expires (real time for Redis)."""
+    agent = "spiffe://example.org/agent/rogue"
+    assert not await store.agent_revoked(agent)
+    await store.revoke_agent(agent, time.time() + 0.5)
+    assert await store.agent_revoked(agent)
+    assert not await store.agent_revoked("spiffe://example.org/agent/other")
+    clock.advance(1)
+    await asyncio.sleep(0.7)
+    assert not await store.agent_revoked(agent)
+
+
+async def test_sliding_window_rate_limit(store: StateStore) -> None:
+    """3 per 60 s: the 4th is refused with the right Retry-After; later it is admitted."""
+    now = time.time()
+    check = rate("k1", 3)
+    for i in range(3):
+        assert (await store.consume_limits([check], f"m{i}", now + i)).allowed
+    refused = await store.consume_limits([check], "m3", now + 10)
+    assert not refused.allowed
+    assert refused.kind == "rate"
+    assert refused.key == "k1"
+    assert refused.retry_after == 50  # the oldest event leaves the window at now + 60
+    assert (await store.consume_limits([check], "m4", now + 60.5)).allowed
+
+
+async def test_limits_are_all_or_nothing(store: StateStore) -> None:
+    """If one limit refuses, the others are not consumed."""
+    now = time.time()
+    roomy, tight = rate("roomy", 10), rate("tight", 1)
+    assert (await store.consume_limits([tight], "first", now)).allowed
+    refused = await store.consume_limits([roomy, tight], "second", now)
+    assert not refused.allowed
+    assert refused.key == "tight"
+    for i in range(10):
+        assert (await store.consume_limits([roomy], f"r{i}", now)).allowed  # all 10 still free
+
+
+async def test_cost_counts_several_credentials(store: StateStore) -> None:
+    """A two-tool request costs two."""
+    now = time.time()
+    check = rate("cost", 3, cost=2)
+    assert (await store.consume_limits([check], "a", now)).allowed
+    assert not (await store.consume_limits([check], "b", now)).allowed
+
+
+async def test_fixed_window_budget_and_refund(store: StateStore) -> None:
+    """A budget refuses until its window ends; a refund gives back what was taken."""
+    start = (int(time.time()) // 3600) * 3600 + 100.0
+    check = budget("b1", 2)
+    assert (await store.consume_limits([check], "a", start)).allowed
+    assert (await store.consume_limits([check], "b", start)).allowed
+    refused = await store.consume_limits([check], "c", start + 10)
+    assert not refused.allowed
+    assert refused.kind == "budget"
+    assert refused.retry_after == 3600 - 110
+    await store.refund_limits([check], "b", start + 10)
+    assert (await store.consume_limits([check], "c", start + 11)).allowed
+    rate_check = rate("r-refund", 1)
+    assert (await store.consume_limits([rate_check], "x", start)).allowed
+    await store.refund_limits([rate_check], "x", start)
+    assert (await store.consume_limits([rate_check], "y", start)).allowed
+
+
+async def test_first_use_detects_replays(store: StateStore, clock: ManualClock) -> None:
+    """A key is new once; after its expiry it is new again."""
+    assert await store.first_use("jti-1", time.time() + 0.5)
+    assert not await store.first_use("jti-1", time.time() + 0.5)
+    clock.advance(1)  # SQLite follows the injected clock, Redis the wall clock
+    await asyncio.sleep(0.7)
+    assert await store.first_use("jti-1", time.time() + 1)
+
+
+async def test_leases_to_release(store: StateStore, clock: ManualClock) -> None:
+    """Expired or revoked leases are listed until released; plain JWTs never are."""
+    await store.put_credentials(
+        [
+            record(clock, "lease-expiring", ttl=5, lease="database/creds/x/1"),
+            record(clock, "lease-live", lease="database/creds/x/2"),
+            record(clock, "jwt", ttl=5),
+        ]
+    )
+    assert await store.leases_to_release(clock.time()) == []
+    await store.revoke_credential("lease-live")
+    assert [r.credential_id for r in await store.leases_to_release(clock.time())] == ["lease-live"]
+    clock.advance(6)
+    due = sorted(r.credential_id for r in await store.leases_to_release(clock.time()))
+    assert due == ["lease-expiring", "lease-live"]
+    await store.lease_released("lease-live")
+    await store.lease_released("lease-expiring")
+    assert await store.leases_to_release(clock.time()) == []
+
+
+async def test_sqlite_survives_a_restart_and_purges(tmp_path: Path, clock: ManualClock) -> None:
+    """The embedded store keeps state across a restart and deletes what expired."""
+    path = tmp_path / "state.db"
+    first = SqliteStateStore(path, clock)
+    await first.start()
+    await first.put_credentials([record(clock, "keep"), record(clock, "gone", ttl=5)])
+    await first.revoke_agent("spiffe://example.org/agent/x", clock.time() + 100)
+    await first.close()
+    second = SqliteStateStore(path, clock)
+    await second.start()
+    try:
+        assert await second.get_credential("keep") is not None
+        assert await second.agent_revoked("spiffe://example.org/agent/x")
+        clock.advance(10)
+        await second.purge()
+        count = await second._run(
+            lambda db: db.execute("SELECT count(*) FROM credentials").fetchone()[0]
+        )
+        assert count == 1
+    finally:
+        await second.close()
+
+
+async def test_redis_keys_all_expire(redis: RedisServer, clock: ManualClock) -> None:
+    """Every key the Redis store writes has an expiry: nothing grows without bound."""
+    prefix = f"exp{secrets.token_hex(4)}:"
+    store = RedisStateStore(redis.url, clock, prefix=prefix)
+    await store.start()
+    now = time.time()
+    await store.put_credentials([record(clock, "c1"), record(clock, "l1", lease="db/creds/r/1")])
+    await store.revoke_agent("spiffe://example.org/agent/x", now + 100)
+    await store.consume_limits([rate("k", 5), budget("b", 5)], "m", now)
+    await store.first_use("j", now + 100)
+    await store.close()
+    client = aioredis.Redis.from_url(redis.url)
+    keys = [k async for k in client.scan_iter(f"{prefix}*")]
+    assert len(keys) >= 7
+    for key in keys:
+        assert await client.ttl(key) > 0, key
+    await client.aclose()
