@@ -38,16 +38,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# Real servers the integration tests start as processes: redis-server and PostgreSQL.
+# What the tests run for real: redis-server and PostgreSQL (started as processes by the
+# tests), jq (third-party audit verification). Installed with apt when missing.
+APT_INSTALL = $(SUDO) apt-get install -y -qq $(1) >/dev/null 2>&1 || \
+	{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(1); }
+
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server (apt)"; \
-	  $(SUDO) apt-get install -y redis-server >/dev/null 2>&1 || \
-	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server; }; }
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  echo "installing postgresql (apt)"; \
-	  $(SUDO) apt-get install -y postgresql >/dev/null 2>&1 || \
-	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq postgresql; }; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server (apt)"; $(call APT_INSTALL,redis-server); }
+	@command -v jq >/dev/null 2>&1 || { echo "installing jq (apt)"; $(call APT_INSTALL,jq); }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing postgresql (apt)"; $(call APT_INSTALL,postgresql); }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -107,6 +107,7 @@ class RedisStateStore:
         prefix: str = "broker:",
         password_file: Path | None = None,
         timeout_seconds: float = 2.0,
+        max_connections: int = 64,
     ) -> None:
         """Create the store (connections open lazily).
 
@@ -115,16 +116,23 @@ class RedisStateStore:
             clock: For expiries.
             prefix: Prefix of every key.
             password_file: File holding the password (kept out of the configuration).
-            timeout_seconds: Socket timeout of each command.
+            timeout_seconds: Socket timeout of each command, and the longest wait for a
+                free connection.
+            max_connections: Connections per broker process.
         """
         password = password_file.read_text().strip() if password_file else None
-        self._redis = aioredis.Redis.from_url(
+        # A bounded pool that *waits* for a free connection (up to the timeout): the
+        # default pool raises at once when a burst exceeds it, which would become 503s.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             password=password,
+            max_connections=max_connections,
+            timeout=timeout_seconds,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             health_check_interval=30,
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._clock = clock
         self._p = prefix
         self._consume = self._redis.register_script(_CONSUME)

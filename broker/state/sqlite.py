@@ -106,11 +106,16 @@ class SqliteStateStore:
             db.execute("BEGIN IMMEDIATE")  # one transaction per call: atomic, serialised
             try:
                 result = fn(db)
+                if isinstance(result, sqlite3.Cursor):
+                    # A cursor must never cross to the event loop's thread: finalised
+                    # there, it races this thread on the same connection (SQLITE_MISUSE).
+                    result.close()
+                    result = None
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-            return result
+            return result  # type: ignore[no-any-return]
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 

@@ -243,3 +243,16 @@ async def test_redis_keys_all_expire(redis: RedisServer, clock: ManualClock) -> 
     for key in keys:
         assert await client.ttl(key) > 0, key
     await client.aclose()
+
+
+async def test_concurrent_writes_all_succeed(store: StateStore, clock: ManualClock) -> None:
+    """Thousands of concurrent writes (as under load) succeed; none races another."""
+    now = time.time()
+
+    async def one(i: int) -> None:
+        await store.consume_limits([rate(f"k{i % 7}", 10_000)], f"m{i}", now)
+        await store.put_credentials([record(clock, f"c{i}")])
+        await store.revoke_credential(f"c{i}")
+
+    await asyncio.gather(*(one(i) for i in range(1500)))
+    assert len(await store.agent_credentials("spiffe://example.org/agent/a")) == 1500

@@ -1,0 +1,122 @@
+"""Cost of one policy decision at 10 and at 10,000 agents, and of one JWT mint.
+
+Baselines from the same run: the 10-agent decision for the 10,000-agent one (the index
+must make them equal), and a bare `jwt.encode` of the same claims with the same key for
+the broker's mint (the difference is the broker's own work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import jwt
+import yaml
+
+from bench.timing import per_call_us
+from broker.clock import SystemClock
+from broker.config.settings import JwtIssuerSettings, ToolSettings
+from broker.domain import AuthMethod, Caller, RequestContext, UserContext
+from broker.issuers.base import IssueRequest
+from broker.issuers.jwt import JwtIssuer
+from broker.issuers.keys import KeyRing
+from broker.policy.engine import PolicyEngine
+from broker.policy.loader import load_policy
+
+NOW = datetime.now(UTC)
+
+
+def engine_with(agents: int, directory: Path) -> PolicyEngine:
+    rules = [
+        {
+            "id": f"agent-{i}",
+            "agents": [f"spiffe://example.org/agent/a{i}"],
+            "tools": ["crm", "mail"],
+            "user": {"required": True, "tiers": ["gold", "silver"]},
+            "max_ttl_seconds": 300,
+            "rate_limits": [{"per": ["user"], "limit": 60, "window_seconds": 60}],
+        }
+        for i in range(agents)
+    ]
+    rules.append({"id": "team", "agents": ["spiffe://example.org/agent/*"], "tools": ["wiki"]})
+    rules.append(
+        {
+            "id": "no-free",
+            "effect": "deny",
+            "agents": ["spiffe://example.org/*"],
+            "tools": ["*"],
+            "user": {"tiers": ["free"]},
+        }
+    )
+    path = directory / f"policy-{agents}.yaml"
+    path.write_text(yaml.safe_dump({"id": "bench", "version": 1, "rules": rules}))
+    return PolicyEngine(load_policy(path), {"crm": ("crm:read",), "mail": ("mail:send",)})
+
+
+def context(agent: str) -> RequestContext:
+    caller = Caller(
+        agent, "example.org", AuthMethod.X509_SVID, NOW + timedelta(hours=1), x509_sha256="ab" * 32
+    )
+    user = UserContext("https://idp.example.org", "alice", NOW.timestamp() + 3600, tier="gold")
+    return RequestContext(caller, user, ("crm", "mail"), 120, NOW, "req")
+
+
+def decisions(directory: Path) -> dict[int, float]:
+    out = {}
+    for agents in (10, 10_000):
+        engine = engine_with(agents, directory)
+        ctx = context(f"spiffe://example.org/agent/a{agents // 2}")
+        assert engine.decide(ctx, "d").allow
+        out[agents] = per_call_us(lambda e=engine, c=ctx: e.decide(c, "d"), calls=20_000)
+    return out
+
+
+def mint(directory: Path) -> tuple[float, float]:
+    clock = SystemClock()
+    keys = KeyRing(
+        JwtIssuerSettings(issuer="https://broker.bench", keys_file=directory / "keys.json"), clock
+    )
+    keys.load()
+    issuer = JwtIssuer("https://broker.bench", keys, clock)
+    engine = engine_with(10, directory)
+    ctx = context("spiffe://example.org/agent/a5")
+    decision = engine.decide(ctx, "d")
+    tool = ToolSettings("crm", "jwt", audience="https://crm.example.org", scopes=("crm:read",))
+    request = IssueRequest(ctx, decision, decision.tools[0], tool, decision.ttl_granted)
+    key = keys.signing_key()
+    claims = issuer.claims(request, jti="x" * 24, now=int(clock.time()))
+    headers = {"kid": key.kid, "typ": "at+jwt"}
+
+    def bare() -> object:
+        return jwt.encode(claims, key.private_key, algorithm="EdDSA", headers=headers)
+
+    loop = asyncio.new_event_loop()
+
+    def broker_mint() -> object:
+        return loop.run_until_complete(issuer.issue(request))
+
+    try:
+        return per_call_us(bare, calls=5_000), per_call_us(broker_mint, calls=5_000)
+    finally:
+        loop.close()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        cost = decisions(directory)
+        bare, ours = mint(directory)
+    print("policy decision (2 tools, user conditions, limits), median of 5 x 20,000 calls")
+    print(f"  10 agents      {cost[10]:8.1f} us   (baseline)")
+    print(
+        f"  10,000 agents  {cost[10_000]:8.1f} us   ({cost[10_000] / cost[10]:.2f}x the baseline)"
+    )
+    print("JWT mint (EdDSA, contract claims), median of 5 x 5,000 calls")
+    print(f"  jwt.encode     {bare:8.1f} us   (baseline: the library alone)")
+    print(f"  broker mint    {ours:8.1f} us   (+{ours - bare:.1f} us: claims, jti, credential)")
+
+
+if __name__ == "__main__":
+    main()
