@@ -14,7 +14,7 @@ import math
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import structlog
 
@@ -105,7 +105,7 @@ class SqliteStateStore:
             assert db is not None
             db.execute("BEGIN IMMEDIATE")  # one transaction per call: atomic, serialised
             try:
-                result = fn(db)
+                result: object = fn(db)
                 if isinstance(result, sqlite3.Cursor):
                     # A cursor must never cross to the event loop's thread: finalised
                     # there, it races this thread on the same connection (SQLITE_MISUSE).
@@ -115,7 +115,7 @@ class SqliteStateStore:
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
-            return result  # type: ignore[no-any-return]
+            return cast("T", result)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
