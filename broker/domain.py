@@ -115,7 +115,12 @@ class UserContext:
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """Everything the policy decides on: who asks, for whom, for what, how long."""
+    """Everything the policy decides on: who asks, for whom, for what, how long.
+
+    `actors` are the agents that acted before the caller (least recent first): from the
+    user token's `act` claim, or from the chain of a broker token being exchanged.
+    `not_after` bounds the expiry of what is issued (the exchanged token's own `exp`).
+    """
 
     caller: Caller
     user: UserContext | None
@@ -127,16 +132,14 @@ class RequestContext:
     session_id: str | None = None
     reason: str | None = None
     scopes: tuple[str, ...] | None = None
+    actors: tuple[str, ...] = ()
+    not_after: float | None = None
 
     @property
     def delegation_chain(self) -> tuple[str, ...]:
         """Outermost principal first: the user, earlier agents, the acting agent last."""
-        chain: list[str] = []
-        if self.user is not None:
-            chain.append(self.user.subject)
-            chain.extend(self.user.actors)
-        chain.append(self.caller.spiffe_id)
-        return tuple(chain)
+        head = (self.user.subject,) if self.user is not None else ()
+        return (*head, *self.actors, self.caller.spiffe_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ __all__ = [
     "Forbidden",
     "MethodNotAllowed",
     "NotFound",
+    "OAuthError",
     "PayloadTooLarge",
     "PolicyDenied",
     "RateLimited",
@@ -133,6 +134,33 @@ class PolicyDenied(Forbidden):
         super().__init__(detail, extra={"decision_id": decision_id, "reasons": reasons})
         self.decision_id = decision_id
         self.reasons = reasons
+
+
+class OAuthError(BrokerError):
+    """An error of an OAuth endpoint, rendered in the RFC 6749 section 5.2 form.
+
+    Attributes:
+        error: The OAuth error code (`invalid_request`, `invalid_grant`, `invalid_target`,
+            `invalid_scope`, `unsupported_grant_type`, ...).
+    """
+
+    status = 400
+    code = "oauth_error"
+    title = "Bad Request"
+
+    def __init__(
+        self,
+        error: str,
+        detail: str,
+        *,
+        status: int = 400,
+        extra: Mapping[str, object] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create the error."""
+        super().__init__(detail, extra=extra, headers=headers)
+        self.error = error
+        self.status = status  # type: ignore[misc]
 
 
 class NotFound(BrokerError):

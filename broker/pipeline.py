@@ -23,21 +23,24 @@ from broker.audit.events import AgentRef
 from broker.authn import Authenticator, Presented
 from broker.authn.authenticator import presented_identity
 from broker.config.settings import Settings
-from broker.context.user_token import UserTokenRejected, UserTokenVerifier
-from broker.domain import Caller, Credential, Decision, RequestContext, Secret
+from broker.context.user_token import UserTokenRejected, UserTokenVerifier, actors_of
+from broker.domain import Caller, Credential, Decision, RequestContext, Secret, UserContext
 from broker.errors import (
     BrokerError,
+    OAuthError,
     PolicyDenied,
     RateLimited,
     Unauthenticated,
     Unavailable,
 )
 from broker.issuers.base import IssueRequest
+from broker.issuers.jwt import JwtIssuer
+from broker.jose import JoseError, unverified_claims
 from broker.policy.reloader import ReloadingPolicy
 from broker.state.base import CredentialRecord
 from broker.typing import AuditSink, Clock, Issuer, StateStore
 
-__all__ = ["CredentialRequest", "Issued", "Pipeline", "new_id"]
+__all__ = ["CredentialRequest", "ExchangeRequest", "Issued", "Pipeline", "new_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +59,16 @@ class CredentialRequest:
     user_token: Secret | None = None
     session_id: str | None = None
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRequest:
+    """A validated RFC 8693 token exchange (`POST /v1/token`)."""
+
+    subject_token: Secret
+    tool: str
+    scopes: tuple[str, ...] | None = None
+    actor_token: Secret | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +93,7 @@ class Pipeline:
         issuers: Mapping[str, Issuer],
         state: StateStore,
         audit: AuditSink,
+        jwt_issuer: JwtIssuer | None = None,
     ) -> None:
         """Wire the steps."""
         self.settings = settings
@@ -90,6 +104,7 @@ class Pipeline:
         self.issuers = issuers
         self.state = state
         self.audit = audit
+        self.jwt_issuer = jwt_issuer
 
     # -- step 1: who is calling -------------------------------------------------------------
 
@@ -106,6 +121,8 @@ class Pipeline:
             caller = self.authenticator.authenticate(presented)
             if await self.state.agent_revoked(caller.spiffe_id):
                 raise Unauthenticated(f"agent {caller.spiffe_id} has been revoked")
+            if presented.authorization and self.settings.state.jwt_svid_replay_protection:
+                await self._check_replay(caller)
         except Unauthenticated as exc:
             if exc.presented:
                 spiffe_id, thumbprint, jti = presented_identity(presented)
@@ -121,6 +138,15 @@ class Pipeline:
             raise
         return caller
 
+    async def _check_replay(self, caller: Caller) -> None:
+        """With replay protection on, each JWT-SVID authenticates one request only."""
+        if caller.jwt_svid_jti is None:
+            raise Unauthenticated("JWT-SVID has no 'jti': replay protection requires one")
+        leeway = self.settings.authentication.jwt_svid.leeway_seconds
+        key = f"jwt-svid|{caller.spiffe_id}|{caller.jwt_svid_jti}"
+        if not await self.state.first_use(key, caller.expires_at.timestamp() + leeway):
+            raise Unauthenticated("JWT-SVID was already used (replay protection is on)")
+
     # -- steps 2 to 6: credentials ----------------------------------------------------------
 
     async def issue(
@@ -133,8 +159,108 @@ class Pipeline:
             RateLimited: 429, audited.
             Unavailable: 503: a backend or the audit sink failed; nothing was issued.
         """
-        decision_id = new_id()
         ctx, rejection = await self._context(caller, request, request_id=request_id, remote=remote)
+        return await self._decide_and_issue(ctx, rejection)
+
+    async def exchange(
+        self, caller: Caller, request: ExchangeRequest, *, request_id: str, remote: str | None
+    ) -> Issued:
+        """RFC 8693 token exchange: a user token, or a broker token to narrow, for one tool.
+
+        Raises:
+            OAuthError: Malformed exchange (actor mismatch, scope wider than the subject's,
+                another tool than the subject token's).
+            PolicyDenied, RateLimited, Unavailable: As for `issue`.
+        """
+        if request.actor_token is not None:
+            actor = self.authenticator.jwt_verifier.verify(request.actor_token.reveal())
+            if actor.spiffe_id != caller.spiffe_id:
+                raise OAuthError(
+                    "invalid_request",
+                    f"actor_token names {actor.spiffe_id}, not the authenticated agent",
+                )
+        token = request.subject_token.reveal()
+        if self._is_broker_token(token):
+            ctx, rejection = await self._delegated_context(
+                caller, token, request, request_id=request_id, remote=remote
+            )
+        else:
+            ctx, rejection = await self._context(
+                caller,
+                CredentialRequest(
+                    tools=(request.tool,),
+                    user_token=request.subject_token,
+                    reason="token exchange (RFC 8693)",
+                ),
+                request_id=request_id,
+                remote=remote,
+            )
+            ctx = dataclasses.replace(ctx, scopes=request.scopes)
+        return await self._decide_and_issue(ctx, rejection)
+
+    def _is_broker_token(self, token: str) -> bool:
+        try:
+            return unverified_claims(token).get("iss") == self.settings.issuer_url
+        except JoseError:
+            return False
+
+    async def _delegated_context(
+        self,
+        caller: Caller,
+        token: str,
+        request: ExchangeRequest,
+        *,
+        request_id: str,
+        remote: str | None,
+    ) -> tuple[RequestContext, UserTokenRejected | None]:
+        """The context of narrowing a broker-issued token for a sub-agent."""
+        now = self.clock.now()
+        claims = self.jwt_issuer.verify(token) if self.jwt_issuer is not None else None
+        record = await self.state.get_credential(str(claims["jti"])) if claims else None
+        rejection = None
+        if claims is None or record is None:
+            rejection = UserTokenRejected(
+                "subject_token_invalid", "subject_token is not a live credential of this broker"
+            )
+        elif record.revoked or await self.state.agent_revoked(record.agent):
+            rejection = UserTokenRejected("subject_token_revoked", "subject_token has been revoked")
+        elif record.tool != request.tool:
+            raise OAuthError(
+                "invalid_target",
+                f"a delegated token can only be narrowed for its own tool ({record.tool})",
+            )
+        original = set(str(claims.get("scope", "")).split()) if claims else set()
+        if request.scopes is not None and not set(request.scopes) <= original:
+            raise OAuthError("invalid_scope", "requested scope is wider than the subject_token's")
+        user = None
+        if record is not None and record.user is not None and claims is not None:
+            issuer, _, subject = record.user.partition("#")
+            user = UserContext(
+                issuer=issuer,
+                subject=subject,
+                expires_at=float(str(claims["exp"])),
+                tier=record.user_tier,
+                groups=record.user_groups,
+            )
+        ctx = RequestContext(
+            caller=caller,
+            user=user,
+            tools=(request.tool,),
+            ttl_requested=None,
+            now=now,
+            request_id=request_id,
+            remote=remote,
+            reason="token exchange (RFC 8693), delegated",
+            scopes=request.scopes if request.scopes is not None else tuple(sorted(original)),
+            actors=actors_of(claims.get("act")) if claims else (),
+            not_after=float(str(claims["exp"])) if claims else None,
+        )
+        return ctx, rejection
+
+    async def _decide_and_issue(
+        self, ctx: RequestContext, rejection: UserTokenRejected | None
+    ) -> Issued:
+        decision_id = new_id()
         decision = (
             self._rejected(decision_id, (rejection.code,), (rejection.message,))
             if rejection is not None
@@ -207,6 +333,7 @@ class Pipeline:
             remote=remote,
             session_id=request.session_id,
             reason=request.reason,
+            actors=user.actors if user is not None else (),
         )
         return ctx, rejection
 
@@ -242,6 +369,8 @@ class Pipeline:
             lease_id=credential.credential_id if credential.type == "vault" else None,
             scope=" ".join(grant.scopes),
             audience=tool.audience if tool else None,
+            user_tier=ctx.user.tier if ctx.user else None,
+            user_groups=ctx.user.groups if ctx.user else (),
         )
 
     async def _undo(self, credentials: Sequence[Credential]) -> None:

@@ -19,6 +19,7 @@ from broker.identity import create_identity_source
 from broker.identity.tls import ServerTls
 from broker.issuers.jwt import JwtIssuer
 from broker.issuers.keys import KeyRing
+from broker.lifecycle import Lifecycle
 from broker.pipeline import Pipeline
 from broker.policy.reloader import ReloadingPolicy
 from broker.state import create_state_store
@@ -42,6 +43,7 @@ class Runtime:
     jwt_issuer: JwtIssuer | None
     lease_hasher: LeaseHasher
     pipeline: Pipeline
+    lifecycle: Lifecycle
 
     async def readiness(self) -> dict[str, bool]:
         """Each dependency's readiness; the broker is ready when all are."""
@@ -114,7 +116,9 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             issuers=issuers,
             state=state,
             audit=audit,
+            jwt_issuer=jwt_issuer,
         )
+        lease_hasher = LeaseHasher.from_settings(settings)
         yield Runtime(
             settings=settings,
             clock=clock,
@@ -125,6 +129,15 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             policy=policy,
             keys=keys,
             jwt_issuer=jwt_issuer,
-            lease_hasher=LeaseHasher.from_settings(settings),
+            lease_hasher=lease_hasher,
             pipeline=pipeline,
+            lifecycle=Lifecycle(
+                settings=settings,
+                clock=clock,
+                state=state,
+                audit=audit,
+                issuers=issuers,
+                jwt_issuer=jwt_issuer,
+                lease_hasher=lease_hasher,
+            ),
         )

@@ -74,6 +74,11 @@ class Authenticator:
         self._jwt = jwt_verifier
         self._proxies = trusted_proxies
 
+    @property
+    def jwt_verifier(self) -> JwtSvidVerifier:
+        """The JWT-SVID verifier (token exchange checks `actor_token` with it)."""
+        return self._jwt
+
     def authenticate(self, presented: Presented) -> Caller:
         """Authenticate a request.
 

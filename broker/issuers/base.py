@@ -32,13 +32,12 @@ class IssueRequest:
 def act_claim(ctx: RequestContext) -> dict[str, object]:
     """The RFC 8693 `act` claim of a request's delegation chain.
 
-    The acting agent is the outermost `act`; earlier actors (from the user token's own
-    `act`) nest inside it, the least recent deepest. The user is the `sub`, never an actor.
+    The acting agent is the outermost `act`; earlier actors nest inside it, the least
+    recent deepest. The user is the `sub`, never an actor.
     """
-    earlier = ctx.user.actors if ctx.user is not None else ()
     act: dict[str, object] = {"sub": ctx.caller.spiffe_id}
     cursor = act
-    for actor in reversed(earlier):
+    for actor in reversed(ctx.actors):
         nested: dict[str, object] = {"sub": actor}
         cursor["act"] = nested
         cursor = nested

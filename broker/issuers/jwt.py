@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 
 import jwt
 
+from broker.config.settings import ISSUER_ALGORITHMS
 from broker.domain import Credential, Secret
 from broker.issuers.base import IssueRequest, act_claim
 from broker.issuers.keys import KeyRing
+from broker.jose import JoseError, check_time_claims, decode_verified, unverified_header
 from broker.typing import Clock
 
 __all__ = ["JwtIssuer"]
@@ -79,6 +81,29 @@ class JwtIssuer:
             secret=Secret(token),
             audit_id=jti,
         )
+
+    def verify(self, token: str) -> dict[str, object] | None:
+        """The claims of a token this broker issued and that is still valid, else None.
+
+        Checks the header (`at+jwt`, an issuer algorithm, a published `kid`), the
+        signature, `iss` and the validity window (no leeway: it is our own clock).
+        Revocation is the state store's business, not this method's.
+        """
+        try:
+            header = unverified_header(
+                token, allowed_algorithms=ISSUER_ALGORITHMS, allowed_types=(TOKEN_TYPE,)
+            )
+            kid = header.get("kid")
+            key = self._keys.verification_key(kid) if isinstance(kid, str) else None
+            if key is None:
+                return None
+            claims = decode_verified(token, key.private_key.public_key(), str(header["alg"]))
+            check_time_claims(claims, now=self._clock.time(), leeway=0)
+        except JoseError:
+            return None
+        if claims.get("iss") != self._issuer or not isinstance(claims.get("jti"), str):
+            return None
+        return claims
 
     async def revoke(self, credential_id: str) -> None:
         """Nothing to undo at the issuer: revocation lives in the state store."""

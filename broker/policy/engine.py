@@ -116,7 +116,7 @@ class PolicyEngine:
             caps=[g.max_ttl for g in grants],
             now=ctx.now.timestamp(),
             svid_expires_at=ctx.caller.expires_at.timestamp(),
-            user_expires_at=ctx.user.expires_at if ctx.user else None,
+            user_expires_at=_earliest(ctx.user.expires_at if ctx.user else None, ctx.not_after),
         )
         if ttl < 1:
             return Decision(
@@ -206,11 +206,11 @@ class PolicyEngine:
             if rule.max_delegation_depth is not None
             else self.policy.default_max_delegation_depth
         )
-        if len(user.actors) > max_depth:
+        if len(ctx.actors) > max_depth:
             failures.append(
                 _Denial(
                     "delegation_too_deep",
-                    f"delegation chain has {len(user.actors)} earlier agents; "
+                    f"delegation chain has {len(ctx.actors)} earlier agents; "
                     f"rule {rule.id} allows {max_depth}",
                 )
             )
@@ -261,6 +261,11 @@ class PolicyEngine:
                 _Denial("tool_not_allowed", f"tool {tool} is not allowed for agent {agent}")
             )
         return _denied(tool, failures)
+
+
+def _earliest(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
 
 
 def _denied(tool: str, denials: Iterable[_Denial]) -> ToolGrant:

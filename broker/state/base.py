@@ -25,6 +25,8 @@ class CredentialRecord:
         lease_id: Vault lease id or token accessor (to revoke it in Vault), if any.
         scope: Space-separated scopes, for introspection.
         audience: The audience, for introspection.
+        user_tier: The user's tier when issued (token exchange decides on it again).
+        user_groups: The user's groups when issued.
     """
 
     credential_id: str
@@ -39,6 +41,8 @@ class CredentialRecord:
     lease_id: str | None = None
     scope: str = ""
     audience: str | None = None
+    user_tier: str | None = None
+    user_groups: tuple[str, ...] = ()
 
 
 def credential_to_json(record: CredentialRecord) -> str:
@@ -48,7 +52,9 @@ def credential_to_json(record: CredentialRecord) -> str:
 
 def credential_from_json(text: str | bytes) -> CredentialRecord:
     """Deserialise a record."""
-    return CredentialRecord(**json.loads(text))
+    data = json.loads(text)
+    data["user_groups"] = tuple(data.get("user_groups") or ())
+    return CredentialRecord(**data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -45,7 +46,9 @@ CREATE TABLE IF NOT EXISTS credentials (
     lease_id TEXT,
     lease_released INTEGER NOT NULL DEFAULT 0,
     scope TEXT NOT NULL DEFAULT '',
-    audience TEXT
+    audience TEXT,
+    user_tier TEXT,
+    user_groups TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS credentials_agent ON credentials (agent, expires_at);
 CREATE INDEX IF NOT EXISTS credentials_expiry ON credentials (expires_at);
@@ -60,7 +63,7 @@ CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);
 
 _COLUMNS = (
     "id, tool, type, agent, user, decision_id, issued_at, expires_at, revoked, lease_id, "
-    "scope, audience"
+    "scope, audience, user_tier, user_groups"
 )
 
 
@@ -78,6 +81,8 @@ def _record(row: tuple[object, ...]) -> CredentialRecord:
         lease_id=None if row[9] is None else str(row[9]),
         scope=str(row[10]),
         audience=None if row[11] is None else str(row[11]),
+        user_tier=None if row[12] is None else str(row[12]),
+        user_groups=tuple(json.loads(str(row[13]))),
     )
 
 
@@ -207,12 +212,15 @@ class SqliteStateStore:
                 r.lease_id,
                 r.scope,
                 r.audience,
+                r.user_tier,
+                json.dumps(list(r.user_groups)),
             )
             for r in records
         ]
         await self._run(
             lambda db: db.executemany(
-                f"INSERT OR REPLACE INTO credentials ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608
+                f"INSERT OR REPLACE INTO credentials ({_COLUMNS}) "  # noqa: S608 - fixed columns
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
         )

@@ -9,7 +9,7 @@ from aiohttp import web
 from broker.config.settings import MAX_BODY_BYTES, Settings
 from broker.runtime import open_runtime
 from broker.typing import Clock
-from broker.web.handlers import credentials, health, wellknown, whoami
+from broker.web.handlers import credentials, health, oauth, revocation, wellknown, whoami
 from broker.web.keys import RUNTIME
 from broker.web.middleware import middlewares
 
@@ -37,4 +37,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app.router.add_get("/.well-known/openid-configuration", wellknown.openid_configuration)
     app.router.add_get("/v1/whoami", whoami.whoami)
     app.router.add_post("/v1/credentials", credentials.post_credentials)
+    app.router.add_post("/v1/token", oauth.token)
+    app.router.add_post("/v1/introspect", oauth.introspect)
+    app.router.add_post("/v1/revoke", revocation.revoke)
+    app.router.add_post("/v1/admin/agents/revoke", revocation.revoke_agent)
     return app

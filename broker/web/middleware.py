@@ -18,13 +18,14 @@ from broker.errors import (
     BrokerError,
     MethodNotAllowed,
     NotFound,
+    OAuthError,
     PayloadTooLarge,
     Unauthenticated,
     UnsupportedMediaType,
 )
 from broker.identity.tls import peer_chain
 from broker.web.keys import CALLER, REQUEST_ID, RUNTIME
-from broker.web.problem import problem_response
+from broker.web.problem import oauth_error_response, problem_response
 
 __all__ = ["middlewares"]
 
@@ -33,6 +34,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("broker.request")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+OAUTH_PATHS = frozenset({"/v1/token", "/v1/introspect"})
 
 
 @web.middleware
@@ -96,7 +98,32 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except Exception:
         log.exception("unhandled error", path=request.path)
         problem = BrokerError("internal error; the request id identifies it in the broker's logs")
+    if request.path in OAUTH_PATHS:
+        return _oauth_response(problem)
     return problem_response(problem, instance=request.path, request_id=request.get(REQUEST_ID))
+
+
+_OAUTH_CODES = {
+    400: "invalid_request",
+    401: "invalid_client",
+    403: "access_denied",
+    413: "invalid_request",
+    429: "rate_limited",
+    503: "temporarily_unavailable",
+}
+
+
+def _oauth_response(error: BrokerError) -> web.Response:
+    """The RFC 6749 section 5.2 form, for the OAuth endpoints."""
+    code = (
+        error.error
+        if isinstance(error, OAuthError)
+        else _OAUTH_CODES.get(error.status, "server_error")
+    )
+    headers = dict(error.headers)
+    return oauth_error_response(
+        code, error.detail, status=error.status, headers=headers, extra=error.extra
+    )
 
 
 @web.middleware

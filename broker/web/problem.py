@@ -53,12 +53,20 @@ def problem_response(error: BrokerError, *, instance: str, request_id: str | Non
 
 
 def oauth_error_response(
-    error: str, description: str, *, status: int = 400, headers: Mapping[str, str] | None = None
+    error: str,
+    description: str,
+    *,
+    status: int = 400,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> web.Response:
-    """Render an OAuth 2.0 error (RFC 6749 section 5.2)."""
+    """Render an OAuth 2.0 error (RFC 6749 section 5.2), with optional extension members."""
+    body: dict[str, object] = {"error": error, "error_description": description}
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
     response = web.Response(
         status=status,
-        text=_dumps({"error": error, "error_description": description}),
+        text=_dumps(body),
         content_type="application/json",
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -199,9 +200,14 @@ def test_dry_run_rule_records_but_does_not_enforce(tmp_path: Path) -> None:
 def test_delegation_depth(tmp_path: Path) -> None:
     """Earlier actors in the user token count against max_delegation_depth."""
     policy = engine(tmp_path, [dict(CLAIMS, max_delegation_depth=1)])
-    assert policy.decide(ctx(user=alice(actors=("spiffe://example.org/agent/a",))), "d").allow
-    deep = alice(actors=("spiffe://example.org/agent/a", "spiffe://example.org/agent/b"))
-    assert policy.decide(ctx(user=deep), "d").reasons == ("delegation_too_deep",)
+    one = ctx(user=alice())
+    assert policy.decide(
+        dataclasses.replace(one, actors=("spiffe://example.org/agent/a",)), "d"
+    ).allow
+    deep = dataclasses.replace(
+        one, actors=("spiffe://example.org/agent/a", "spiffe://example.org/agent/b")
+    )
+    assert policy.decide(deep, "d").reasons == ("delegation_too_deep",)
 
 
 def test_scopes_come_from_the_tool_and_rules_only_narrow(tmp_path: Path) -> None:

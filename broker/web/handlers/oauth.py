@@ -1,0 +1,149 @@
+"""The OAuth endpoints: RFC 8693 token exchange (`/v1/token`), RFC 7662 introspection.
+
+Requests are form-encoded; errors use the RFC 6749 section 5.2 JSON form (rendered by the
+error middleware for these paths), so standard OAuth clients understand them.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from broker.domain import Secret
+from broker.errors import OAuthError, PolicyDenied
+from broker.pipeline import ExchangeRequest
+from broker.web.keys import REQUEST_ID, RUNTIME
+from broker.web.middleware import caller_of
+from broker.web.problem import json_response
+
+__all__ = ["introspect", "read_form", "token"]
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
+SUBJECT_TYPES = frozenset(
+    {JWT_TYPE, ACCESS_TOKEN_TYPE, "urn:ietf:params:oauth:token-type:id_token"}
+)
+MAX_TOKEN = 16 * 1024
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """A form-encoded body; each parameter at most once (RFC 6749 section 3.2).
+
+    Raises:
+        OAuthError: Not a form, a repeated parameter, or a file upload.
+    """
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
+    form = await request.post()
+    out: dict[str, str] = {}
+    for name in set(form.keys()):
+        values = form.getall(name)
+        if len(values) != 1:
+            raise OAuthError("invalid_request", f"parameter {name!r} is repeated")
+        value = values[0]
+        if not isinstance(value, str):
+            raise OAuthError("invalid_request", f"parameter {name!r} must be text")
+        out[name] = value
+    return out
+
+
+def _required(form: dict[str, str], name: str) -> str:
+    value = form.get(name, "")
+    if not value:
+        raise OAuthError("invalid_request", f"'{name}' is required")
+    if len(value) > MAX_TOKEN:
+        raise OAuthError("invalid_request", f"'{name}' is too large")
+    return value
+
+
+def _target(form: dict[str, str], request: web.Request) -> str:
+    """The tool named by `resource` (its audience URI) and/or `audience` (name or URI)."""
+    tools = request.app[RUNTIME].settings.tools
+    wanted = [v for v in (form.get("resource"), form.get("audience")) if v]
+    if not wanted:
+        raise OAuthError("invalid_request", "'resource' or 'audience' is required (the tool)")
+    names: set[str] = set()
+    for value in wanted:
+        match = next((t for t in tools if value in (t.name, t.audience)), None)
+        if match is None:
+            raise OAuthError("invalid_target", f"no tool is known as {value!r}")
+        names.add(match.name)
+    if len(names) != 1:
+        raise OAuthError("invalid_target", "'resource' and 'audience' name different tools")
+    name = names.pop()
+    tool = request.app[RUNTIME].settings.tool(name)
+    if tool is None or tool.type != "jwt":
+        raise OAuthError("invalid_target", f"tool {name!r} does not issue tokens by exchange")
+    return name
+
+
+def _oauth_code(reasons: list[str]) -> str:
+    if any(
+        r.startswith(("user_token", "subject_token"))
+        or r in {"user_required", "delegation_too_deep"}
+        for r in reasons
+    ):
+        return "invalid_grant"
+    if "scope_not_allowed" in reasons:
+        return "invalid_scope"
+    return "invalid_target"
+
+
+async def token(request: web.Request) -> web.Response:
+    """RFC 8693 token exchange."""
+    form = await read_form(request)
+    grant_type = _required(form, "grant_type")
+    if grant_type != TOKEN_EXCHANGE:
+        raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
+    subject = _required(form, "subject_token")
+    if _required(form, "subject_token_type") not in SUBJECT_TYPES:
+        raise OAuthError("invalid_request", "unsupported subject_token_type")
+    actor = form.get("actor_token") or None
+    if actor is not None and form.get("actor_token_type") != JWT_TYPE:
+        raise OAuthError("invalid_request", f"actor_token_type must be {JWT_TYPE}")
+    if actor is None and form.get("actor_token_type"):
+        raise OAuthError("invalid_request", "actor_token_type without actor_token")
+    requested = form.get("requested_token_type")
+    if requested and requested not in {ACCESS_TOKEN_TYPE, JWT_TYPE}:
+        raise OAuthError("invalid_request", "only access tokens are issued")
+    scope = form.get("scope")
+    exchange = ExchangeRequest(
+        subject_token=Secret(subject),
+        tool=_target(form, request),
+        scopes=tuple(scope.split()) if scope else None,
+        actor_token=Secret(actor) if actor else None,
+    )
+    runtime = request.app[RUNTIME]
+    try:
+        issued = await runtime.pipeline.exchange(
+            caller_of(request), exchange, request_id=request[REQUEST_ID], remote=request.remote
+        )
+    except PolicyDenied as denied:
+        raise OAuthError(
+            _oauth_code(denied.reasons),
+            denied.detail,
+            extra={"decision_id": denied.decision_id, "reasons": denied.reasons},
+        ) from None
+    credential = issued.credentials[0]
+    assert credential.secret is not None
+    grant = issued.decision.tools[0]
+    response = json_response(
+        {
+            "access_token": credential.secret.reveal(),
+            "issued_token_type": ACCESS_TOKEN_TYPE,
+            "token_type": "Bearer",
+            "expires_in": issued.decision.ttl_granted,
+            "scope": " ".join(grant.scopes),
+        }
+    )
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+async def introspect(request: web.Request) -> web.Response:
+    """RFC 7662 introspection (`{"active": false}` alone when not active or not yours)."""
+    form = await read_form(request)
+    body = await request.app[RUNTIME].lifecycle.introspect(
+        caller_of(request), _required(form, "token")
+    )
+    return json_response(body)
