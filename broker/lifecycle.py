@@ -30,11 +30,28 @@ from broker.spiffe_id import parse_spiffe_id
 from broker.state.base import CredentialRecord
 from broker.typing import AuditSink, Clock, Issuer, StateStore
 
-__all__ = ["AgentRevocation", "Lifecycle"]
+__all__ = ["AgentRevocation", "Lifecycle", "release_at_issuer"]
 
 log = structlog.get_logger(__name__)
 
 INACTIVE: dict[str, object] = {"active": False}
+
+
+async def release_at_issuer(issuer: Issuer | None, state: StateStore, credential_id: str) -> bool:
+    """Revoke a credential at its issuer (a Vault lease) and mark its lease released.
+
+    Returns:
+        False if the issuer could not be reached (the reconciler retries later).
+    """
+    if issuer is None:
+        return True
+    try:
+        await issuer.revoke(credential_id)
+    except BrokerError:
+        return False
+    with contextlib.suppress(BrokerError):
+        await state.lease_released(credential_id)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +133,15 @@ class Lifecycle:
 
     async def _release(self, record: CredentialRecord) -> None:
         """Revoke at the issuer (a Vault lease); the reconciler retries what fails here."""
-        issuer = self._issuers.get(record.type)
-        if issuer is None or record.lease_id is None:
+        if record.lease_id is None:
             return
-        try:
-            await issuer.revoke(record.credential_id)
-        except BrokerError:
+        if not await release_at_issuer(
+            self._issuers.get(record.type), self._state, record.credential_id
+        ):
             log.warning(
                 "lease revocation deferred to the reconciler",
                 credential=self._hash(record.credential_id),
             )
-            return
-        with contextlib.suppress(BrokerError):
-            await self._state.lease_released(record.credential_id)
 
     async def revoke(
         self, caller: Caller, credential_id: str, *, request_id: str, remote: str | None

@@ -36,6 +36,7 @@ from broker.errors import (
 from broker.issuers.base import IssueRequest
 from broker.issuers.jwt import JwtIssuer
 from broker.jose import JoseError, unverified_claims
+from broker.lifecycle import release_at_issuer
 from broker.policy.reloader import ReloadingPolicy
 from broker.state.base import CredentialRecord
 from broker.typing import AuditSink, Clock, Issuer, StateStore
@@ -376,12 +377,11 @@ class Pipeline:
     async def _undo(self, credentials: Sequence[Credential]) -> None:
         """Revoke what was issued for a request that cannot complete."""
         for credential in credentials:
-            try:
-                await self.issuers[credential.type].revoke(credential.credential_id)
-            except BrokerError:
+            with contextlib.suppress(BrokerError):
+                await self.state.revoke_credential(credential.credential_id)
+            issuer = self.issuers.get(credential.type)
+            if not await release_at_issuer(issuer, self.state, credential.credential_id):
                 log.warning(
                     "could not revoke at the issuer; the reconciler will retry",
                     credential_id=credential.audit_id,
                 )
-            with contextlib.suppress(BrokerError):
-                await self.state.revoke_credential(credential.credential_id)

@@ -19,11 +19,14 @@ from broker.identity import create_identity_source
 from broker.identity.tls import ServerTls
 from broker.issuers.jwt import JwtIssuer
 from broker.issuers.keys import KeyRing
+from broker.issuers.vault import VaultIssuer
 from broker.lifecycle import Lifecycle
 from broker.pipeline import Pipeline
 from broker.policy.reloader import ReloadingPolicy
 from broker.state import create_state_store
 from broker.typing import AuditSink, Clock, IdentitySource, Issuer, StateStore
+from broker.vault.client import VaultClient
+from broker.vault.reconciler import LeaseReconciler
 
 __all__ = ["Runtime", "open_runtime"]
 
@@ -44,6 +47,7 @@ class Runtime:
     lease_hasher: LeaseHasher
     pipeline: Pipeline
     lifecycle: Lifecycle
+    vault: VaultClient | None = None
 
     async def readiness(self) -> dict[str, bool]:
         """Each dependency's readiness; the broker is ready when all are."""
@@ -103,6 +107,19 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             jwt_issuer = JwtIssuer(settings.issuer_url, keys, clock)
             issuers["jwt"] = jwt_issuer
 
+        lease_hasher = LeaseHasher.from_settings(settings)
+        vault: VaultClient | None = None
+        if settings.vault is not None:
+            vault = VaultClient(settings.vault, identity, clock)
+            await vault.start()
+            stack.push_async_callback(vault.close)
+            issuers["vault"] = VaultIssuer(vault, state, lease_hasher, clock)
+            reconciler = LeaseReconciler(
+                issuers["vault"], state, clock, settings.vault.reconcile_seconds
+            )
+            await reconciler.start()
+            stack.push_async_callback(reconciler.close)
+
         user_tokens = UserTokenVerifier(settings.user_token_issuers, clock)
         await user_tokens.start()
         stack.push_async_callback(user_tokens.close)
@@ -118,7 +135,6 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             audit=audit,
             jwt_issuer=jwt_issuer,
         )
-        lease_hasher = LeaseHasher.from_settings(settings)
         yield Runtime(
             settings=settings,
             clock=clock,
@@ -140,4 +156,5 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
                 jwt_issuer=jwt_issuer,
                 lease_hasher=lease_hasher,
             ),
+            vault=vault,
         )

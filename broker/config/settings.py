@@ -28,6 +28,9 @@ __all__ = [
     "ListenSettings",
     "Settings",
     "StateSettings",
+    "ToolSettings",
+    "VaultSettings",
+    "VaultToolSettings",
     "WorkloadApiSettings",
     "load_settings",
 ]
@@ -156,6 +159,32 @@ class JwtIssuerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class VaultToolSettings:
+    """How a `type: vault` tool's credentials are made.
+
+    Attributes:
+        kind: `dynamic` (read `path`, e.g. `database/creds/ticketing`, or write it with
+            `params`, e.g. `pki/issue/agents`: a leased secret),
+            `token` (a child token with `policies`, through the `role` token role), or
+            `kv` (the KV v2 secret at `mount`/`path`, handed over response-wrapped).
+        path: The credentials path (dynamic) or the secret path in the mount (kv).
+        mount: The KV v2 mount (kv).
+        policies: The child token's policies (token).
+        role: The token role child tokens are created through (token).
+        num_uses: How many times a child token may be used; 0 for unlimited (token).
+    """
+
+    kind: Literal["dynamic", "token", "kv"]
+    path: str | None = None
+    method: Literal["read", "write"] = "read"
+    params: tuple[tuple[str, str], ...] = ()
+    mount: str = "secret"
+    policies: tuple[str, ...] = ()
+    role: str | None = None
+    num_uses: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ToolSettings:
     """A tool agents may get credentials for, and how its credentials are made."""
 
@@ -163,6 +192,43 @@ class ToolSettings:
     type: Literal["jwt", "vault"]
     audience: str | None = None
     scopes: tuple[str, ...] = ()
+    vault: VaultToolSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VaultSettings:
+    """How the broker reaches and authenticates to Vault.
+
+    Attributes:
+        address: `https://` URL of Vault.
+        ca_file: CA bundle that signed Vault's certificate (default: the system's).
+        namespace: Vault Enterprise namespace, if any.
+        auth_method: `cert` (mTLS with the broker's X.509-SVID), `jwt` (a JWT-SVID), or
+            `token` (a static token from `token_file`: development only).
+        auth_mount: Mount path of the auth method.
+        auth_role: Role to log in as (`cert`: the certificate role; `jwt`: the role).
+        jwt_audience: Audience of the JWT-SVID the broker presents (`jwt`).
+        token_file: File holding a static token (`token`).
+        timeout_seconds: Deadline of every Vault call.
+        pool_size: Threads running hvac calls.
+        breaker_failures: Consecutive failures that open the circuit breaker.
+        breaker_reset_seconds: How long the breaker stays open before a trial call.
+        reconcile_seconds: Interval of the lease reconciler.
+    """
+
+    address: str
+    auth_method: Literal["cert", "jwt", "token"]
+    auth_mount: str
+    ca_file: Path | None = None
+    namespace: str | None = None
+    auth_role: str | None = None
+    jwt_audience: str = "vault"
+    token_file: Path | None = None
+    timeout_seconds: float = 2.0
+    pool_size: int = 8
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 10.0
+    reconcile_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +275,7 @@ class Settings:
     tools: tuple[ToolSettings, ...] = ()
     state: StateSettings = StateSettings()
     audit: AuditSettings = AuditSettings()
+    vault: VaultSettings | None = None
     admins: frozenset[str] = frozenset()
     resource_servers: frozenset[str] = frozenset()
     log_level: str = "info"
@@ -267,6 +334,7 @@ def load_settings(path: Path) -> Settings:
         tools=_tools(root.section("tools")),
         state=_state(root.section("state")),
         audit=_audit(root.section("audit")),
+        vault=_vault(root.section("vault")) if root.has("vault") else None,
         admins=frozenset(_spiffe_ids(root, "admins")),
         resource_servers=frozenset(_spiffe_ids(root, "resource_servers")),
         log_level=root.string("log_level", "info", choices=("debug", "info", "warning", "error")),
@@ -274,6 +342,8 @@ def load_settings(path: Path) -> Settings:
     root.finish()
     if any(t.type == "jwt" for t in settings.tools) and settings.jwt_issuer is None:
         raise root.error("jwt_issuer", "is required when a tool has type 'jwt'")
+    if any(t.type == "vault" for t in settings.tools) and settings.vault is None:
+        raise root.error("vault", "is required when a tool has type 'vault'")
     return settings
 
 
@@ -465,11 +535,22 @@ def _tools(reader: Reader) -> tuple[ToolSettings, ...]:
         if not re.fullmatch(TOOL_NAME_PATTERN, name):
             raise reader.error(name, f"is not a valid tool name ({TOOL_NAME_PATTERN})")
         item = reader.section(name)
-        item.string("type", choices=("jwt",))
+        kind = item.string("type", choices=("jwt", "vault"))
         scopes = tuple(scope for value in item.strings("scope", ()) for scope in value.split())
-        tool = ToolSettings(
-            name=name, type="jwt", audience=item.string("audience", max_length=2048), scopes=scopes
-        )
+        if kind == "jwt":
+            tool = ToolSettings(
+                name=name,
+                type="jwt",
+                audience=item.string("audience", max_length=2048),
+                scopes=scopes,
+            )
+        else:
+            tool = ToolSettings(
+                name=name,
+                type="vault",
+                scopes=scopes,
+                vault=_vault_tool(item.section("vault", required=True)),
+            )
         item.finish()
         tools.append(tool)
     return tuple(tools)
@@ -517,3 +598,64 @@ def _audit(reader: Reader) -> AuditSettings:
     )
     reader.finish()
     return audit
+
+
+_VAULT_PATH = r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.@-]+)*"
+
+
+def _vault_tool(reader: Reader) -> VaultToolSettings:
+    kind = reader.string("kind", choices=("dynamic", "token", "kv"))
+    if kind == "token":
+        tool = VaultToolSettings(
+            kind="token",
+            policies=reader.strings("policies", non_empty=True, pattern=r"[A-Za-z0-9_.-]+"),
+            role=reader.optional_string("role"),
+            num_uses=reader.integer("num_uses", 0, minimum=0, maximum=1_000_000),
+        )
+    elif kind == "dynamic":
+        params = reader.section("params")
+        tool = VaultToolSettings(
+            kind="dynamic",
+            path=reader.string("path", pattern=_VAULT_PATH),
+            method=reader.string("method", "read", choices=("read", "write")),  # type: ignore[arg-type]
+            params=tuple((name, params.string(name, max_length=1024)) for name in params.names()),
+        )
+        params.finish()
+    else:
+        tool = VaultToolSettings(
+            kind="kv",
+            path=reader.string("path", pattern=_VAULT_PATH),
+            mount=reader.string("mount", "secret", pattern=r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*"),
+        )
+    reader.finish()
+    return tool
+
+
+def _vault(reader: Reader) -> VaultSettings:
+    address = _url(reader, "address")
+    auth = reader.section("auth", required=True)
+    method = auth.string("method", choices=("cert", "jwt", "token"))
+    vault = VaultSettings(
+        address=address.rstrip("/"),
+        ca_file=reader.optional_path("ca_file"),
+        namespace=reader.optional_string("namespace"),
+        auth_method=method,  # type: ignore[arg-type]
+        auth_mount=auth.string("mount", method if method != "token" else "token"),
+        auth_role=auth.string("role")
+        if method in {"cert", "jwt"}
+        else auth.optional_string("role"),
+        jwt_audience=auth.string("audience", "vault"),
+        token_file=auth.path("token_file")
+        if method == "token"
+        else auth.optional_path("token_file"),
+        timeout_seconds=reader.number("timeout_seconds", 2.0, minimum=0.1, maximum=60),
+        pool_size=reader.integer("pool_size", 8, minimum=1, maximum=256),
+        breaker_failures=reader.integer("breaker_failures", 5, minimum=1, maximum=1000),
+        breaker_reset_seconds=reader.number(
+            "breaker_reset_seconds", 10.0, minimum=0.1, maximum=3600
+        ),
+        reconcile_seconds=reader.number("reconcile_seconds", 30.0, minimum=0.1, maximum=3600),
+    )
+    auth.finish()
+    reader.finish()
+    return vault

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from broker.identity.material import IdentitySnapshot
 from broker.typing import IdentitySource
 
-__all__ = ["ServerTls", "peer_chain"]
+__all__ = ["ServerTls", "load_cert_chain", "peer_chain"]
 
 log = structlog.get_logger(__name__)
 
@@ -148,7 +148,7 @@ class ServerTls:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
-        _load_cert_chain(ctx, snapshot.svid.chain_pem(), snapshot.svid.key_pem())
+        load_cert_chain(ctx, snapshot.svid.chain_pem(), snapshot.svid.key_pem())
         ctx.verify_mode = ssl.CERT_OPTIONAL
         if _OPENSSL is None or not _OPENSSL.request_any_client_certificate(ctx):
             self._app_verifies = False
@@ -161,7 +161,7 @@ class ServerTls:
         return ctx
 
 
-def _load_cert_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
+def load_cert_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
     """Load a certificate chain and key from memory.
 
     `ssl` only loads from paths; an anonymous memory file keeps the key off the disk. Where

@@ -1,0 +1,1 @@
+"""HashiCorp Vault (or OpenBao): the authenticated client, its circuit breaker, the reconciler."""

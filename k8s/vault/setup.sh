@@ -1,0 +1,104 @@
+#!/usr/bin/env sh
+# Configure Vault (or OpenBao) for the credential broker. Idempotent: run it again to
+# update. Used as is by the test suite (against OpenBao) and by the Kubernetes docs (a Job).
+#
+# Connection (the standard client variables):
+#   VAULT_ADDR, VAULT_CACERT, VAULT_TOKEN   an administrator token (used only here)
+#   VAULT_CLI                               the CLI to run (default: vault; OpenBao: bao)
+#
+# The broker's identity (at least one of the two auth methods):
+#   BROKER_SPIFFE_ID        required, e.g. spiffe://example.org/ns/broker/sa/credential-broker
+#   SPIFFE_BUNDLE_FILE      PEM X.509 bundle of the trust domain -> `cert` auth (mTLS with the
+#                           broker's X.509-SVID; the SVID needs a DNS name so that it has a CN)
+#   JWT_SVID_JWKS_URL       SPIRE OIDC discovery provider JWKS URL -> `jwt` auth (JWT-SVID), or
+#   JWT_SVID_PUBKEY_FILE    PEM public key(s) of the JWT-SVID authority
+#   JWT_SVID_AUDIENCE       audience the broker asks for (default: vault)
+#   BROKER_TOKEN_TTL        TTL of the broker's Vault token (default: 1h)
+#
+# Secrets engines (each optional):
+#   PG_CONNECTION_URL       e.g. postgresql://{{username}}:{{password}}@db:5432/app?sslmode=require
+#   PG_ADMIN_USER, PG_ADMIN_PASSWORD   the account Vault uses to create and drop roles
+#   DB_ROLE                 database role name (default: ticketing), DB_TTL (default: 5m)
+#   KV_MOUNT                KV v2 mount (default: secret); the broker reads KV_PREFIX/* (default: tools)
+#   TOOL_POLICY             policy child tokens may carry (default: broker-tool); its rules are
+#                           read from TOOL_POLICY_FILE when set
+set -eu
+
+cli="${VAULT_CLI:-vault}"
+: "${BROKER_SPIFFE_ID:?BROKER_SPIFFE_ID is required}"
+audience="${JWT_SVID_AUDIENCE:-vault}"
+token_ttl="${BROKER_TOKEN_TTL:-1h}"
+db_role="${DB_ROLE:-ticketing}"
+db_ttl="${DB_TTL:-5m}"
+kv_mount="${KV_MOUNT:-secret}"
+kv_prefix="${KV_PREFIX:-tools}"
+tool_policy="${TOOL_POLICY:-broker-tool}"
+
+enabled() { "$cli" "$1" list -format=json | grep -q "\"$2/\""; }
+
+echo "policy credential-broker"
+"$cli" policy write credential-broker - <<POLICY
+# Dynamic secrets: read credentials, shorten and revoke their leases.
+path "database/creds/*"           { capabilities = ["read"] }
+path "sys/leases/renew"           { capabilities = ["update"] }
+path "sys/leases/revoke"          { capabilities = ["update"] }
+path "sys/leases/lookup"          { capabilities = ["update"] }
+# Child tokens for tools of kind "token", only through the broker-tools role.
+path "auth/token/create/broker-tools" { capabilities = ["update"] }
+path "auth/token/revoke-accessor" { capabilities = ["update"] }
+path "auth/token/lookup-accessor" { capabilities = ["update"] }
+path "auth/token/lookup-self"     { capabilities = ["read"] }
+# Static secrets, handed over only inside response-wrapping tokens.
+path "${kv_mount}/data/${kv_prefix}/*" { capabilities = ["read"] }
+POLICY
+
+if [ -n "${TOOL_POLICY_FILE:-}" ]; then
+  "$cli" policy write "$tool_policy" "$TOOL_POLICY_FILE"
+else
+  "$cli" policy write "$tool_policy" - <<POLICY
+path "auth/token/lookup-self" { capabilities = ["read"] }
+POLICY
+fi
+echo "token role broker-tools"
+"$cli" write auth/token/roles/broker-tools \
+  allowed_policies="$tool_policy" token_explicit_max_ttl=300 renewable=false >/dev/null
+
+if [ -n "${SPIFFE_BUNDLE_FILE:-}" ]; then
+  echo "cert auth bound to $BROKER_SPIFFE_ID"
+  enabled auth cert || "$cli" auth enable cert >/dev/null
+  "$cli" write auth/cert/certs/credential-broker \
+    certificate=@"$SPIFFE_BUNDLE_FILE" allowed_uri_sans="$BROKER_SPIFFE_ID" \
+    token_policies=credential-broker token_ttl="$token_ttl" token_max_ttl="$token_ttl" >/dev/null
+fi
+
+if [ -n "${JWT_SVID_JWKS_URL:-}${JWT_SVID_PUBKEY_FILE:-}" ]; then
+  echo "jwt auth bound to $BROKER_SPIFFE_ID (audience $audience)"
+  enabled auth jwt || "$cli" auth enable jwt >/dev/null
+  if [ -n "${JWT_SVID_JWKS_URL:-}" ]; then
+    "$cli" write auth/jwt/config jwks_url="$JWT_SVID_JWKS_URL" >/dev/null
+  else
+    "$cli" write auth/jwt/config jwt_validation_pubkeys=@"$JWT_SVID_PUBKEY_FILE" >/dev/null
+  fi
+  "$cli" write auth/jwt/role/credential-broker role_type=jwt \
+    bound_audiences="$audience" bound_subject="$BROKER_SPIFFE_ID" user_claim=sub \
+    token_policies=credential-broker token_ttl="$token_ttl" token_max_ttl="$token_ttl" >/dev/null
+fi
+
+if [ -n "${PG_CONNECTION_URL:-}" ]; then
+  echo "database engine: role $db_role, TTL $db_ttl"
+  enabled secrets database || "$cli" secrets enable database >/dev/null
+  "$cli" write database/config/broker-postgres \
+    plugin_name=postgresql-database-plugin allowed_roles="$db_role" \
+    connection_url="$PG_CONNECTION_URL" \
+    username="${PG_ADMIN_USER:?PG_ADMIN_USER is required with PG_CONNECTION_URL}" \
+    password="${PG_ADMIN_PASSWORD:?PG_ADMIN_PASSWORD is required with PG_CONNECTION_URL}" >/dev/null
+  "$cli" write database/roles/"$db_role" db_name=broker-postgres \
+    creation_statements="CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';" \
+    renew_statements="ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}';" \
+    revocation_statements="REASSIGN OWNED BY \"{{name}}\" TO CURRENT_USER; DROP OWNED BY \"{{name}}\"; DROP ROLE IF EXISTS \"{{name}}\";" \
+    default_ttl="$db_ttl" max_ttl="$db_ttl" >/dev/null
+fi
+
+echo "kv v2 at $kv_mount/"
+enabled secrets "$kv_mount" || "$cli" secrets enable -path="$kv_mount" -version=2 kv >/dev/null
+echo "done"
