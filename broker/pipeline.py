@@ -37,6 +37,7 @@ from broker.issuers.base import IssueRequest
 from broker.issuers.jwt import JwtIssuer
 from broker.jose import JoseError, unverified_claims
 from broker.lifecycle import release_at_issuer
+from broker.metrics import Metrics
 from broker.policy.reloader import ReloadingPolicy
 from broker.state.base import CredentialRecord
 from broker.typing import AuditSink, Clock, Issuer, StateStore
@@ -95,6 +96,7 @@ class Pipeline:
         state: StateStore,
         audit: AuditSink,
         jwt_issuer: JwtIssuer | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """Wire the steps."""
         self.settings = settings
@@ -106,6 +108,7 @@ class Pipeline:
         self.state = state
         self.audit = audit
         self.jwt_issuer = jwt_issuer
+        self.metrics = metrics or Metrics()
 
     # -- step 1: who is calling -------------------------------------------------------------
 
@@ -267,6 +270,7 @@ class Pipeline:
             if rejection is not None
             else self.policy.decide(ctx, decision_id)
         )
+        self.metrics.decision(decision)
         if not decision.allow:
             await self.audit.write(events.denied(ctx, decision))
             raise PolicyDenied(
@@ -286,6 +290,7 @@ class Pipeline:
                 reasons=(code,),
                 messages=(f"{code}: {limit.key} (retry in {limit.retry_after} s)",),
             )
+            self.metrics.decision(refused)
             await self.audit.write(events.denied(ctx, refused))
             raise RateLimited(
                 f"{'rate limit' if code == 'rate_limited' else 'budget'} reached; "
@@ -313,6 +318,7 @@ class Pipeline:
             with contextlib.suppress(Unavailable):
                 await self.audit.write(events.failed(ctx, decision, (exc.reason,), exc.detail))
             raise
+        self.metrics.issued(credentials)
         return Issued(decision, tuple(credentials))
 
     async def _context(

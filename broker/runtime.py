@@ -6,21 +6,24 @@ web layer holds the result for the life of the application.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from broker.audit import LeaseHasher, create_audit_sink
 from broker.authn import create_authenticator
 from broker.clock import SystemClock
 from broker.config.settings import Settings
 from broker.context.user_token import UserTokenVerifier
-from broker.identity import create_identity_source
+from broker.identity import IdentityError, create_identity_source
 from broker.identity.tls import ServerTls
 from broker.issuers.jwt import JwtIssuer
 from broker.issuers.keys import KeyRing
 from broker.issuers.vault import VaultIssuer
 from broker.lifecycle import Lifecycle
+from broker.metrics import Metrics
 from broker.pipeline import Pipeline
 from broker.policy.reloader import ReloadingPolicy
 from broker.state import create_state_store
@@ -47,15 +50,38 @@ class Runtime:
     lease_hasher: LeaseHasher
     pipeline: Pipeline
     lifecycle: Lifecycle
+    metrics: Metrics
     vault: VaultClient | None = None
+    state_ok: bool = True
 
     async def readiness(self) -> dict[str, bool]:
         """Each dependency's readiness; the broker is ready when all are."""
+        self.state_ok = await self.state.ping()
         return {
             "identity": self.identity.ready(),
-            "state": await self.state.ping(),
+            "state": self.state_ok,
             "audit": self.audit.ready(),
         }
+
+    def metrics_state(self) -> dict[str, Any]:
+        """What /metrics reports about the broker's state (read at scrape time)."""
+        state: dict[str, Any] = {
+            "checks": {
+                "identity": self.identity.ready(),
+                "state": self.state_ok,
+                "audit": self.audit.ready(),
+            },
+            "policy_id": self.policy.policy.id,
+            "policy_version": self.policy.policy.version,
+        }
+        with contextlib.suppress(IdentityError):
+            state["svid_expiry"] = self.identity.snapshot().svid.not_after.timestamp()
+        if self.vault is not None:
+            state["vault_breaker_open"] = 1.0 if self.vault.breaker.state == "open" else 0.0
+        batches = getattr(self.audit, "batches", None)
+        if isinstance(batches, int):
+            state["audit_batches"] = float(batches)
+        return state
 
 
 @asynccontextmanager
@@ -124,7 +150,9 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         await user_tokens.start()
         stack.push_async_callback(user_tokens.close)
 
+        metrics = Metrics()
         pipeline = Pipeline(
+            metrics=metrics,
             settings=settings,
             clock=clock,
             authenticator=create_authenticator(settings, identity, clock),
@@ -135,7 +163,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             audit=audit,
             jwt_issuer=jwt_issuer,
         )
-        yield Runtime(
+        runtime = Runtime(
             settings=settings,
             clock=clock,
             identity=identity,
@@ -157,4 +185,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
                 lease_hasher=lease_hasher,
             ),
             vault=vault,
+            metrics=metrics,
         )
+        metrics.watch(runtime.metrics_state)
+        yield runtime

@@ -55,14 +55,20 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         caller = request.get(CALLER)
+        elapsed = time.perf_counter() - started
         log.info(
             "request",
             method=request.method,
             path=request.path,
             status=status,
-            ms=round((time.perf_counter() - started) * 1000, 2),
+            ms=round(elapsed * 1000, 2),
             caller=caller.spiffe_id if caller else None,
         )
+        runtime = request.app.get(RUNTIME)
+        if runtime is not None:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            runtime.metrics.request(route, request.method, status, elapsed)
         structlog.contextvars.clear_contextvars()
     response.headers["X-Request-Id"] = request_id
     return response

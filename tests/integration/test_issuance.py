@@ -366,3 +366,21 @@ async def test_discovery_documents(broker: DevBroker) -> None:
     assert config["revocation_endpoint"] == f"{issuer}/v1/revoke"
     jwks = (await anonymous.request("GET", "/.well-known/jwks.json")).body
     assert [k["alg"] for k in jwks["keys"]] == ["EdDSA"]
+
+
+async def test_metrics_count_decisions_and_credentials(broker: DevBroker) -> None:
+    """/metrics (no authentication) counts issued credentials, denials by reason, requests."""
+    await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
+    await broker.agent("analytics").credentials({"tools": ["customer_data_api"]})
+    response = await broker.agent(None).request("GET", "/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = response.body
+    assert 'broker_credentials_issued_total{tool="analytics_api",type="jwt"} 1.0' in text
+    assert 'broker_decisions_total{decision="deny",reason="tool_not_allowed"} 1.0' in text
+    assert (
+        'broker_http_requests_total{method="POST",route="/v1/credentials",status="201"} 1.0' in text
+    )
+    assert 'broker_ready{check="audit"} 1.0' in text
+    assert 'broker_policy_info{id="dev"' in text
+    assert "broker_svid_expiry_timestamp_seconds" in text

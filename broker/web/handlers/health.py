@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from broker.errors import Unavailable
+from broker.metrics import CONTENT_TYPE
 from broker.web.keys import RUNTIME
 from broker.web.problem import json_response
 
-__all__ = ["healthz", "readyz"]
+__all__ = ["healthz", "metrics", "readyz"]
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -27,3 +28,9 @@ async def readyz(request: web.Request) -> web.Response:
         failing = ", ".join(name for name, ok in checks.items() if not ok)
         raise Unavailable(f"not ready: {failing}", retry_after=1, extra={"checks": checks})
     return json_response({"status": "ready", "checks": checks})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (no authentication: Prometheus scrapes them)."""
+    body = request.app[RUNTIME].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

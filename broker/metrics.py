@@ -1,0 +1,118 @@
+"""Prometheus metrics (`GET /metrics`).
+
+Counters are incremented where things happen (requests, decisions, issued credentials);
+gauges describing state (readiness, SVID expiry, breaker, policy version, audit health)
+are read from the running broker at scrape time by a collector, so the modules that own
+that state need no metrics plumbing. Each application has its own registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from broker.domain import Credential, Decision
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _StateCollector(Collector):
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Any]:
+        state = self._read()
+        ready = GaugeMetricFamily(
+            "broker_ready", "Whether each dependency is ready", labels=["check"]
+        )
+        for check, ok in state.get("checks", {}).items():
+            ready.add_metric([check], 1.0 if ok else 0.0)
+        yield ready
+        if "svid_expiry" in state:
+            yield GaugeMetricFamily(
+                "broker_svid_expiry_timestamp_seconds",
+                "When the broker's own X.509-SVID expires",
+                value=state["svid_expiry"],
+            )
+        policy = InfoMetricFamily("broker_policy", "The running policy")
+        policy.add_metric(
+            [], {"id": state.get("policy_id", ""), "version": state.get("policy_version", "")}
+        )
+        yield policy
+        if "vault_breaker_open" in state:
+            yield GaugeMetricFamily(
+                "broker_vault_breaker_open",
+                "Whether the Vault circuit breaker is open",
+                value=state["vault_breaker_open"],
+            )
+        if "audit_batches" in state:
+            yield GaugeMetricFamily(
+                "broker_audit_batches",
+                "Group-commit batches written (fsyncs)",
+                value=state["audit_batches"],
+            )
+
+
+class Metrics:
+    """The broker's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        """Create the metrics."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "broker_http_requests",
+            "HTTP requests",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "broker_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.decisions = Counter(
+            "broker_decisions",
+            "Policy decisions (deny reasons counted separately)",
+            ["decision", "reason"],
+            registry=self.registry,
+        )
+        self.credentials = Counter(
+            "broker_credentials_issued",
+            "Credentials issued",
+            ["tool", "type"],
+            registry=self.registry,
+        )
+
+    def watch(self, read: Callable[[], dict[str, Any]]) -> None:
+        """Expose state read at scrape time (readiness, SVID expiry, policy, breaker)."""
+        self.registry.register(_StateCollector(read))
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one HTTP request."""
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def decision(self, decision: Decision) -> None:
+        """Count a decision (each denial reason once)."""
+        if decision.allow:
+            self.decisions.labels("allow", "").inc()
+        for reason in decision.reasons:
+            self.decisions.labels("deny", reason).inc()
+
+    def issued(self, credentials: list[Credential]) -> None:
+        """Count issued credentials."""
+        for credential in credentials:
+            self.credentials.labels(credential.tool, credential.type).inc()
+
+    def exposition(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
