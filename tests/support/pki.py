@@ -67,18 +67,35 @@ class TrustDomain:
     intermediate: bool = False
     ca_key: ec.EllipticCurvePrivateKey = field(default_factory=new_ec_key)
     jwt_key: ec.EllipticCurvePrivateKey = field(default_factory=new_ec_key)
+    ca_cert: x509.Certificate | None = None
+
+    @classmethod
+    def from_dev(cls, root: Path, name: str = "example.org") -> TrustDomain:
+        """The trust domain `broker dev init` wrote to `root` (its CA and JWT authority)."""
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        ca_key = load_pem_private_key((root / "ca" / "key.pem").read_bytes(), password=None)
+        jwt_key = load_pem_private_key((root / "jwt" / "key.pem").read_bytes(), password=None)
+        ca = x509.load_pem_x509_certificate((root / "ca" / "bundle.pem").read_bytes())
+        return cls(name, ca_key=ca_key, jwt_key=jwt_key, ca_cert=ca)  # type: ignore[arg-type]
 
     def __post_init__(self) -> None:
-        """Issue the CA (and intermediate) and name the JWT authority."""
+        """Issue the CA (and intermediate) unless given, and name the JWT authority."""
         now = datetime.now(UTC)
+        self.jwt_kid = public_jwk(self.jwt_key, alg="ES256")["kid"]
+        self.signer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+        self.intermediates: list[x509.Certificate] = []
+        if self.ca_cert is not None:
+            self.ca = self.ca_cert
+            self.signer = (self.ca, self.ca_key)
+            return
         self.ca = issue_ca(
             self.name,
             self.ca_key,
             not_before=now - timedelta(days=1),
             not_after=now + timedelta(days=30),
         )
-        self.signer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] = (self.ca, self.ca_key)
-        self.intermediates: list[x509.Certificate] = []
+        self.signer = (self.ca, self.ca_key)
         if self.intermediate:
             inter_key = new_ec_key()
             inter = issue_ca(
@@ -91,7 +108,6 @@ class TrustDomain:
             )
             self.signer = (inter, inter_key)
             self.intermediates = [inter]
-        self.jwt_kid = public_jwk(self.jwt_key, alg="ES256")["kid"]
 
     def bundle_pem(self) -> bytes:
         return cert_pem(self.ca)
