@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench system-deps clean install
+.PHONY: run test lint bench manifests system-deps clean install
 
 run: $(STAMP)
 	$(BIN)/broker dev
@@ -17,7 +17,7 @@ run: $(STAMP)
 test: lint system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-LINT_DIRS := $(wildcard broker tests bench)
+LINT_DIRS := $(wildcard broker tests bench k8s/render.py)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_DIRS)
@@ -26,6 +26,9 @@ lint: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench
+
+manifests: $(STAMP)
+	$(BIN)/python k8s/render.py
 
 install: $(STAMP)
 
