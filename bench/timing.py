@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 
 def per_call_us(fn: Callable[[], object], *, calls: int, repeats: int = 5) -> float:
-    """Median over `repeats` runs of the mean microseconds per call."""
+    """Median over `repeats` runs of the mean microseconds per call (after a warm-up)."""
+    for _ in range(calls // 10):
+        fn()
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()

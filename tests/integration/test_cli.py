@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -159,3 +161,82 @@ def test_generated_config_runs_as_is_with_broker_serve(tmp_path: Path) -> None:
 def test_help_and_version(tmp_path: Path, args: list[str]) -> None:
     """Help and version exit 0."""
     assert run_broker(*args, cwd=tmp_path).returncode == 0
+
+
+def test_policy_check(tmp_path: Path) -> None:
+    """`broker policy check`: 0 and a summary when valid; one clear line and non-zero when not."""
+    assert run_broker("dev", "init", "--dir", "d", cwd=tmp_path).returncode == 0
+    ok = run_broker("policy", "check", "d/policy.yaml", "--config", "d/config.yaml", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "policy dev version 1+sha256:" in ok.stdout
+    (tmp_path / "bad.yaml").write_text(
+        "id: p\nversion: 1\nrules:\n  - id: r\n    agents: [nope]\n    tools: [x]\n"
+    )
+    bad = run_broker("policy", "check", "bad.yaml", cwd=tmp_path)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "bad.yaml: rules[0].agents[0]:" in lines[0]
+    (tmp_path / "unknown.yaml").write_text(
+        "id: p\nversion: 1\nrules:\n  - id: r\n    agents: [spiffe://example.org/a]\n"
+        "    tools: [x]\n"
+    )
+    assert run_broker("policy", "check", "unknown.yaml", cwd=tmp_path).returncode == 0
+    unknown_tool = run_broker(
+        "policy", "check", "unknown.yaml", "--config", "d/config.yaml", cwd=tmp_path
+    )
+    assert unknown_tool.returncode == 2
+    assert "names tool 'x', which the configuration does not define" in unknown_tool.stderr
+
+
+def test_keys_rotate_adds_a_scheduled_successor(tmp_path: Path) -> None:
+    """`broker keys rotate` adds a key published ahead of activation, file kept 0600."""
+    first = run_broker(
+        "keys", "rotate", "--file", "keys.json", "--publish-ahead", "0", cwd=tmp_path
+    )
+    assert first.returncode == 0, first.stderr
+    second = run_broker(
+        "keys", "rotate", "--file", "keys.json", "--publish-ahead", "600", cwd=tmp_path
+    )
+    assert "signing from +600 s" in second.stdout
+    keys = json.loads((tmp_path / "keys.json").read_text())["keys"]
+    assert len(keys) == 2
+    assert keys[1]["not_before"] - keys[0]["not_before"] >= 600
+    assert oct((tmp_path / "keys.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_sighup_reloads_the_policy_and_a_bad_file_is_kept_out(tmp_path: Path) -> None:
+    """SIGHUP: a valid new policy runs at once; an invalid one keeps the running policy."""
+    assert run_broker("dev", "init", "--dir", "d", cwd=tmp_path).returncode == 0
+    config = tmp_path / "d" / "config.yaml"
+    data = yaml.safe_load(config.read_text())
+    port = free_port()
+    data["listen"]["port"] = port
+    data["policy"]["watch_seconds"] = 3600  # only the signal may reload
+    config.write_text(yaml.safe_dump(data))
+    bundle = tmp_path / "d" / "ca" / "bundle.pem"
+    url = f"https://127.0.0.1:{port}"
+
+    def policy_info() -> str:
+        ctx = ssl.create_default_context(cafile=bundle)
+        with urllib.request.urlopen(f"{url}/metrics", context=ctx, timeout=5) as resp:  # noqa: S310
+            return next(
+                x for x in resp.read().decode().splitlines() if x.startswith("broker_policy_info")
+            )
+
+    with broker_process(["serve", "--config", str(config)], cwd=tmp_path) as proc:
+        proc.wait_ready(url, bundle)
+        assert 'version="1+sha256:' in policy_info()
+        policy = tmp_path / "d" / "policy.yaml"
+        policy.write_text(policy.read_text().replace("version: 1", "version: 2"))
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while 'version="2+sha256:' not in policy_info():
+            assert time.monotonic() < deadline, "policy not reloaded on SIGHUP"
+            time.sleep(0.1)
+        policy.write_text("rules: [broken")
+        proc.proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert 'version="2+sha256:' in policy_info()
+    assert "policy reload rejected" in proc.stderr
