@@ -266,7 +266,7 @@ class Pipeline:
     ) -> Issued:
         decision_id = new_id()
         decision = (
-            self._rejected(decision_id, (rejection.code,), (rejection.message,))
+            self.policy.engine.deny(decision_id, (rejection.code,), (rejection.message,))
             if rejection is not None
             else self.policy.decide(ctx, decision_id)
         )
@@ -343,21 +343,6 @@ class Pipeline:
             actors=user.actors if user is not None else (),
         )
         return ctx, rejection
-
-    def _rejected(
-        self, decision_id: str, reasons: tuple[str, ...], messages: tuple[str, ...]
-    ) -> Decision:
-        policy = self.policy.policy
-        return Decision(
-            decision_id=decision_id,
-            allow=False,
-            policy_id=policy.id,
-            policy_version=policy.version,
-            ttl_granted=0,
-            tools=(),
-            reasons=reasons,
-            messages=messages,
-        )
 
     def _record(
         self, ctx: RequestContext, decision: Decision, credential: Credential

@@ -38,6 +38,7 @@ from broker.audit.events import AuditEvent, iso
 from broker.blocking import DaemonExecutor
 from broker.errors import Unavailable
 from broker.fileio import write_atomic
+from broker.tasks import stop_task
 from broker.typing import Clock
 
 __all__ = ["FileAuditSink"]
@@ -124,9 +125,7 @@ class FileAuditSink:
     async def close(self) -> None:
         """Flush what is queued, write a final checkpoint, close the file."""
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         loop = asyncio.get_running_loop()
         if self._queue:
             await self._flush(loop)

@@ -8,7 +8,6 @@ so a rotation by spiffe-helper (or a Kubernetes Secret update) never takes the b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import structlog
@@ -23,6 +22,7 @@ from broker.identity.material import (
     TrustBundle,
     build_snapshot,
 )
+from broker.tasks import stop_task
 from broker.typing import Clock, SnapshotListener
 
 __all__ = ["FilesIdentitySource"]
@@ -184,11 +184,8 @@ class FilesIdentitySource:
 
     async def close(self) -> None:
         """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def snapshot(self) -> IdentitySnapshot:
         """Return the current material."""

@@ -28,6 +28,7 @@ from broker.identity.material import (
     TrustBundle,
     build_snapshot,
 )
+from broker.tasks import stop_task
 from broker.typing import Clock, SnapshotListener
 
 __all__ = ["WorkloadApiIdentitySource"]
@@ -223,11 +224,8 @@ class WorkloadApiIdentitySource:
 
     async def close(self) -> None:
         """Stop the supervisor and close the sources."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._release()
 
     def snapshot(self) -> IdentitySnapshot:

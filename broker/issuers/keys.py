@@ -16,7 +16,6 @@ changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from broker.dev.pki import key_pem, new_ec_key, new_ed25519_key
 from broker.errors import ConfigError
 from broker.fileio import write_atomic
 from broker.jose import public_jwk
+from broker.tasks import stop_task
 from broker.typing import Clock
 
 __all__ = ["KeyRing", "SigningKey", "add_key", "generate_key"]
@@ -265,8 +265,5 @@ class KeyRing:
 
     async def close(self) -> None:
         """Stop maintaining."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None

@@ -98,18 +98,9 @@ class PolicyEngine:
         grants = [self._tool(ctx, tool, rules, shadow) for tool in ctx.tools]
         reasons = tuple(dict.fromkeys(r for g in grants for r in g.reasons))
         messages = tuple(m for g in grants for m in g.messages)
-        policy = self.policy
         if not all(g.allowed for g in grants):
-            return Decision(
-                decision_id=decision_id,
-                allow=False,
-                policy_id=policy.id,
-                policy_version=policy.version,
-                ttl_granted=0,
-                tools=tuple(grants),
-                reasons=reasons,
-                messages=messages,
-                shadow=tuple(shadow),
+            return self.deny(
+                decision_id, reasons, messages, tools=tuple(grants), shadow=tuple(shadow)
             )
         ttl = grant_ttl(
             requested=ctx.ttl_requested,
@@ -119,17 +110,14 @@ class PolicyEngine:
             user_expires_at=_earliest(ctx.user.expires_at if ctx.user else None, ctx.not_after),
         )
         if ttl < 1:
-            return Decision(
-                decision_id=decision_id,
-                allow=False,
-                policy_id=policy.id,
-                policy_version=policy.version,
-                ttl_granted=0,
+            return self.deny(
+                decision_id,
+                ("credential_lifetime_exhausted",),
+                ("the agent's SVID or the user's token expires too soon to issue",),
                 tools=tuple(grants),
-                reasons=("credential_lifetime_exhausted",),
-                messages=("the agent's SVID or the user's token expires too soon to issue",),
                 shadow=tuple(shadow),
             )
+        policy = self.policy
         return Decision(
             decision_id=decision_id,
             allow=True,
@@ -139,6 +127,28 @@ class PolicyEngine:
             tools=tuple(grants),
             limits=_limits(ctx, grants, rules),
             shadow=tuple(shadow),
+        )
+
+    def deny(
+        self,
+        decision_id: str,
+        reasons: tuple[str, ...],
+        messages: tuple[str, ...],
+        *,
+        tools: tuple[ToolGrant, ...] = (),
+        shadow: tuple[str, ...] = (),
+    ) -> Decision:
+        """A denial under this policy (also for refusals decided before the rules run)."""
+        return Decision(
+            decision_id=decision_id,
+            allow=False,
+            policy_id=self.policy.id,
+            policy_version=self.policy.version,
+            ttl_granted=0,
+            tools=tools,
+            reasons=reasons,
+            messages=messages,
+            shadow=shadow,
         )
 
     def _cap(self, rule: Rule, tool: str) -> int:

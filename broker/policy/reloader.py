@@ -7,7 +7,6 @@ runs without a valid policy and never half-applies one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from broker.errors import ConfigError
 from broker.policy.engine import PolicyEngine
 from broker.policy.loader import load_policy
 from broker.policy.model import Policy
+from broker.tasks import stop_task
 
 __all__ = ["ReloadingPolicy"]
 
@@ -118,8 +118,5 @@ class ReloadingPolicy:
 
     async def close(self) -> None:
         """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None

@@ -9,7 +9,6 @@ file does not grow without bound.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import sqlite3
@@ -22,6 +21,7 @@ import structlog
 from broker.blocking import DaemonExecutor
 from broker.domain import LimitCheck
 from broker.state.base import CredentialRecord, LimitResult
+from broker.tasks import stop_task
 from broker.typing import Clock
 
 __all__ = ["SqliteStateStore"]
@@ -150,10 +150,8 @@ class SqliteStateStore:
 
     async def close(self) -> None:
         """Stop purging and close the file."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
+        self._task = None
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)

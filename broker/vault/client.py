@@ -17,7 +17,6 @@ and once (then retries the call) when Vault says the token is no longer valid.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from collections.abc import Callable
 from functools import partial
@@ -34,6 +33,7 @@ from broker.config.settings import VaultSettings
 from broker.errors import Unavailable
 from broker.identity.material import IdentityError, IdentitySnapshot
 from broker.identity.tls import load_cert_chain
+from broker.tasks import stop_task
 from broker.typing import Clock, IdentitySource
 from broker.vault.breaker import CircuitBreaker
 
@@ -123,10 +123,8 @@ class VaultClient:
 
     async def close(self) -> None:
         """Stop maintaining the login."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
+        self._task = None
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _on_rotation(self, _snapshot: IdentitySnapshot) -> None:

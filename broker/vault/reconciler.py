@@ -9,12 +9,12 @@ Revoking what Vault already expired is harmless (revocation is idempotent).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
 from broker.errors import Unavailable
 from broker.lifecycle import release_at_issuer
+from broker.tasks import stop_task
 from broker.typing import Clock, Issuer, StateStore
 
 __all__ = ["LeaseReconciler"]
@@ -63,7 +63,5 @@ class LeaseReconciler:
 
     async def close(self) -> None:
         """Stop."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
+        self._task = None

@@ -45,9 +45,9 @@ async def env(tmp_path: Path, workload_api: WorkloadApiServer) -> AsyncIterator[
 
 
 async def hook(
-    env: HookEnv, *args: str, wait: bool = True
+    env: HookEnv, *args: str, wait: bool = True, socket: str | None = None
 ) -> tuple[int, str, asyncio.subprocess.Process]:
-    """Run broker-hook; returns exit code and stderr (the process when not waited for)."""
+    """Run broker-hook; returns exit code and output (and the process, for sidecars)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -57,7 +57,7 @@ async def hook(
         "--out",
         str(env.out),
         *args,
-        env={**os.environ, "SPIFFE_ENDPOINT_SOCKET": env.workload_api.socket},
+        env={**os.environ, "SPIFFE_ENDPOINT_SOCKET": socket or env.workload_api.socket},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -145,24 +145,11 @@ async def test_failures_have_documented_exit_codes(
 
 async def test_no_workload_api_is_exit_3(env: HookEnv, tmp_path: Path) -> None:
     """Without a Workload API there is no SVID: exit 3."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker.hook",
-        "--broker-url",
-        env.broker.url,
-        "--tools",
-        "analytics_api",
-        "--out",
-        str(env.out),
-        "--timeout",
-        "1",
-        env={**os.environ, "SPIFFE_ENDPOINT_SOCKET": f"unix://{tmp_path}/nothing.sock"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    code, output, _ = await hook(
+        env, "--tools", "analytics_api", "--timeout", "1", socket=f"unix://{tmp_path}/nothing.sock"
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 3, stderr.decode()
+    assert code == 3, output
+    assert "no SVID from the Workload API" in output
 
 
 async def test_sidecar_refreshes_and_revokes_on_stop(env: HookEnv) -> None:
