@@ -186,7 +186,12 @@ class PolicyEngine:
     def _user_failures(self, rule: Rule, ctx: RequestContext) -> list[_Denial]:
         cond, user = rule.user, ctx.user
         if user is None:
-            if cond.required:
+            # Conditions on the user make the rule about users: without one it does not
+            # apply (an allow rule then fails closed, a deny rule simply does not match).
+            about_users = any(
+                c is not None for c in (cond.issuers, cond.tiers, cond.groups_any, cond.groups_all)
+            )
+            if cond.required or about_users:
                 return [_Denial("user_required", f"rule {rule.id} requires a user token")]
             return []
         failures: list[_Denial] = []

@@ -257,3 +257,17 @@ def test_index_finds_the_same_rules_whatever_the_number_of_agents(
     policy = engine(tmp_path, rules)
     assert [r.id for r in policy.rules_for("spiffe://example.org/agent/a7")] == ["r7", "team"]
     assert policy.decide(ctx(f"spiffe://example.org/agent/a{count - 1}"), "d").allow
+
+
+def test_user_conditions_need_a_user(tmp_path: Path) -> None:
+    """A rule naming tiers/groups/issuers applies only when a user is present: an allow
+    rule then requires one, a deny rule does not match requests without one."""
+    gold_only = dict(CLAIMS, user={"tiers": ["gold"]})
+    allow = engine(tmp_path, [gold_only])
+    assert allow.decide(ctx(user=alice()), "d").allow
+    assert allow.decide(ctx(), "d").reasons == ("user_required",)
+    no_free = {"id": "no-free", "effect": "deny", "agents": ["spiffe://example.org/agent/*"],
+               "tools": ["*"], "user": {"tiers": ["free"]}}
+    deny = engine(tmp_path, [CLAIMS, no_free])
+    assert deny.decide(ctx(), "d").allow  # no user: the free-tier rule is not about this request
+    assert deny.decide(ctx(user=alice(tier="free")), "d").reasons == ("denied_by_rule",)
