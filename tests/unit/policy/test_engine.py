@@ -260,14 +260,18 @@ def test_index_finds_the_same_rules_whatever_the_number_of_agents(
 
 
 def test_user_conditions_need_a_user(tmp_path: Path) -> None:
-    """A rule naming tiers/groups/issuers applies only when a user is present: an allow
-    rule then requires one, a deny rule does not match requests without one."""
+    """User conditions need a user: allow rules then refuse, deny rules do not match."""
     gold_only = dict(CLAIMS, user={"tiers": ["gold"]})
     allow = engine(tmp_path, [gold_only])
     assert allow.decide(ctx(user=alice()), "d").allow
     assert allow.decide(ctx(), "d").reasons == ("user_required",)
-    no_free = {"id": "no-free", "effect": "deny", "agents": ["spiffe://example.org/agent/*"],
-               "tools": ["*"], "user": {"tiers": ["free"]}}
+    no_free = {
+        "id": "no-free",
+        "effect": "deny",
+        "agents": ["spiffe://example.org/agent/*"],
+        "tools": ["*"],
+        "user": {"tiers": ["free"]},
+    }
     deny = engine(tmp_path, [CLAIMS, no_free])
     assert deny.decide(ctx(), "d").allow  # no user: the free-tier rule is not about this request
     assert deny.decide(ctx(user=alice(tier="free")), "d").reasons == ("denied_by_rule",)
