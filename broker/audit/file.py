@@ -151,11 +151,16 @@ class FileAuditSink:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.append((event.to_record(), future))
+        entry = (event.to_record(), future)
+        self._queue.append(entry)
         self._wakeup.set()
         try:
             await asyncio.wait_for(asyncio.shield(future), self._timeout)
         except TimeoutError:
+            # Withdraw the record if the writer has not taken it yet: the request fails,
+            # so the record must not appear later claiming it succeeded.
+            if entry in self._queue:
+                self._queue.remove(entry)
             self._mark_failed(TimeoutError(f"write not durable within {self._timeout:.3f} s"))
             raise Unavailable("the audit trail cannot record the request in time") from None
 

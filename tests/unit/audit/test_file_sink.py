@@ -252,6 +252,11 @@ async def test_slow_sink_over_budget_fails_closed(tmp_path: Path, clock: ManualC
     with pytest.raises(Unavailable, match="in time"):
         await sink.write(event(1))
     assert not sink.ready()
+    # The writer is stuck on that first record; a second one times out while still queued
+    # and is withdrawn, so it can never be written later as if its request had succeeded.
+    with pytest.raises(Unavailable):
+        await sink.write(event(2))
+    assert sink._queue == []
     reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # unblock the writer thread
     await task
     await sink.close()
