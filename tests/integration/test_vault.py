@@ -488,3 +488,23 @@ async def test_a_restarted_broker_releases_what_the_previous_one_left(
         await eventually(lambda: lease_ttl(vault_env, lease_id) is None, within=10, interval=0.2)
         await eventually(lambda: _no_pending(restarted.runtime.state), within=5, interval=0.2)
     assert not vault_env.pg.can_login(data["username"], data["password"])
+
+
+async def test_static_token_auth_works_and_warns(
+    vault_env: VaultEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The static-token auth method (development only) works, and warns loudly."""
+    token = vault_env.root.auth.token.create(policies=["credential-broker"], ttl="1h")["auth"][
+        "client_token"
+    ]
+    leaks.remember(token)
+    (tmp_path / "vault-token").write_text(token)
+    config = write_broker_config(
+        vault_env, tmp_path, auth={"method": "token", "token_file": "vault-token"}
+    )
+    async with in_process_broker(load_settings(config)) as running:
+        broker = VaultBroker(vault_env, running, tmp_path, vault_env.td.svid("/agent/claims"))
+        status, body = await broker.credentials({"tools": ["ops_token"]})
+        assert status == 201, body
+    assert "is for development only" in caplog.text
+    assert token not in caplog.text

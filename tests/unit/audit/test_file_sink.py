@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -261,3 +262,24 @@ async def test_slow_sink_over_budget_fails_closed(tmp_path: Path, clock: ManualC
     await task
     await sink.close()
     os.close(reader)
+
+
+async def test_stdout_sink_writes_the_chain_to_standard_output(
+    clock: ManualClock, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """sink=stdout: the same chained records, as lines on standard output."""
+    from broker.audit.chain import verify_files
+
+    sink = FileAuditSink(Path("/dev/stdout"), clock, chain_id="pod-1", stdout=True)
+    await sink.start()
+    await sink.write(event(1))
+    await sink.write(event(2))
+    await sink.close()
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    assert [r["seq"] for r in records] == [1, 2]
+    assert records[0]["prev_hash"] == GENESIS
+    assert records[1]["prev_hash"] == records[0]["hash"]
+    copy = Path(tempfile.mkdtemp()) / "collected.log"
+    copy.write_text("\n".join(lines) + "\n")
+    assert verify_files([copy]).ok
