@@ -142,20 +142,7 @@ async def test_user_token_claims_are_checked(
     broker: DevBroker, mutate: dict[str, str], reason: str
 ) -> None:
     """Audience and issuer of the user token are checked exactly."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    key = load_pem_private_key((broker.td.root / "idp" / "key.pem").read_bytes(), password=None)
-    kid = json.loads((broker.td.root / "idp" / "jwks.json").read_text())["keys"][0]["kid"]
-    now = int(time.time())
-    claims = {
-        "iss": "https://idp.example.org",
-        "aud": "credential-broker",
-        "sub": "alice",
-        "iat": now,
-        "exp": now + 300,
-    }
-    claims.update(mutate)
-    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})  # type: ignore[arg-type]
+    token = broker.idp_token(**mutate)
     response = await broker.agent("claims").credentials(
         {"tools": ["customer_data_api"], "user_token": token}
     )
@@ -206,23 +193,7 @@ async def test_multi_tool_request_with_one_denied_tool_issues_nothing(broker: De
 
 async def test_user_token_act_claim_extends_the_delegation_chain(broker: DevBroker) -> None:
     """A user token already delegated to an orchestrator nests it inside the new `act`."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    key = load_pem_private_key((broker.td.root / "idp" / "key.pem").read_bytes(), password=None)
-    kid = json.loads((broker.td.root / "idp" / "jwks.json").read_text())["keys"][0]["kid"]
-    now = int(time.time())
-    token = jwt.encode(
-        {
-            "iss": "https://idp.example.org",
-            "aud": "credential-broker",
-            "sub": "alice",
-            "exp": now + 300,
-            "act": {"sub": "spiffe://example.org/agent/orchestrator"},
-        },
-        key,  # type: ignore[arg-type]
-        algorithm="EdDSA",
-        headers={"kid": kid},
-    )
+    token = broker.idp_token(act={"sub": "spiffe://example.org/agent/orchestrator"})
     response = await broker.agent("claims").credentials(
         {"tools": ["customer_data_api"], "user_token": token}
     )

@@ -103,6 +103,28 @@ class DevBroker:
         leaks.remember(token)
         return token
 
+    def idp_token(self, **claims: Any) -> str:
+        """A token signed by the development IdP with exactly these claims (valid by default)."""
+        import time
+
+        import jwt
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        key = load_pem_private_key((self.td.root / "idp" / "key.pem").read_bytes(), password=None)
+        kid = json.loads((self.td.root / "idp" / "jwks.json").read_text())["keys"][0]["kid"]
+        now = int(time.time())
+        body = {
+            "iss": self.td.idp_issuer,
+            "aud": "credential-broker",
+            "sub": "alice",
+            "iat": now,
+            "exp": now + 300,
+            **claims,
+        }
+        token = jwt.encode(body, key, algorithm="EdDSA", headers={"kid": kid})  # type: ignore[arg-type]
+        leaks.remember(token)
+        return token
+
     def audit_records(self) -> list[dict[str, Any]]:
         path = self.td.root / "audit.log"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
