@@ -15,7 +15,6 @@ __all__ = [
     "BadRequest",
     "BrokerError",
     "ConfigError",
-    "Conflict",
     "Forbidden",
     "MethodNotAllowed",
     "NotFound",
@@ -177,14 +176,6 @@ class MethodNotAllowed(BrokerError):
     status = 405
     code = "method_not_allowed"
     title = "Method Not Allowed"
-
-
-class Conflict(BrokerError):
-    """The request conflicts with the current state."""
-
-    status = 409
-    code = "conflict"
-    title = "Conflict"
 
 
 class PayloadTooLarge(BrokerError):

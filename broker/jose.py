@@ -29,6 +29,7 @@ __all__ = [
     "public_jwk",
     "unverified_claims",
     "unverified_header",
+    "verify_with_keys",
 ]
 
 # Headers that make a validator fetch or trust key material named by the token itself.
@@ -146,6 +147,35 @@ def decode_verified(token: str, key: object, alg: str) -> dict[str, object]:
     if not isinstance(claims, dict):
         raise JoseError("JWT payload is not a JSON object")
     return claims
+
+
+def verify_with_keys(
+    token: str, kid: object, alg: str, keys: Mapping[str, object], *, where: str
+) -> dict[str, object]:
+    """Verify against a key set: the key named by `kid`, or (no `kid`) each key fitting `alg`.
+
+    Args:
+        token: The JWT.
+        kid: The header's `kid`, if any.
+        alg: The header's (already allowed) algorithm.
+        keys: Public keys by `kid`.
+        where: Names the key set in messages ("the issuer's key set").
+
+    Raises:
+        JoseError: No such key, or no key verifies the signature.
+    """
+    if isinstance(kid, str):
+        key = keys.get(kid)
+        if key is None:
+            raise JoseError(f"no key with kid {kid!r} in {where}")
+        return decode_verified(token, key, alg)
+    for key in keys.values():
+        if key_fits_algorithm(key, alg):
+            try:
+                return decode_verified(token, key, alg)
+            except JoseError:
+                continue
+    raise JoseError(f"JWT signature does not verify against any key in {where}")
 
 
 def _numeric(claims: Mapping[str, object], name: str) -> float | None:

@@ -12,15 +12,14 @@ from datetime import UTC, datetime
 from broker.config.settings import JwtSvidSettings
 from broker.domain import AuthMethod, Caller
 from broker.errors import Unauthenticated
-from broker.identity.material import IdentityError, TrustBundle
+from broker.identity.material import IdentityError
 from broker.jose import (
     JoseError,
     check_audience,
     check_time_claims,
-    decode_verified,
-    key_fits_algorithm,
     unverified_claims,
     unverified_header,
+    verify_with_keys,
 )
 from broker.spiffe_id import parse_spiffe_id, trust_domain_of
 from broker.typing import Clock, IdentitySource
@@ -89,7 +88,13 @@ class JwtSvidVerifier:
         if bundle is None or not bundle.jwt_authorities:
             raise JoseError(f"no JWT bundle is held for trust domain {trust_domain!r}")
 
-        verified = _verify_signature(token, header.get("kid"), alg, bundle)
+        verified = verify_with_keys(
+            token,
+            header.get("kid"),
+            alg,
+            bundle.jwt_authorities,
+            where=f"the JWT bundle of trust domain {trust_domain!r}",
+        )
         check_audience(verified, self._settings.audience)
         exp = check_time_claims(
             verified, now=self._clock.time(), leeway=self._settings.leeway_seconds
@@ -104,21 +109,3 @@ class JwtSvidVerifier:
             expires_at=datetime.fromtimestamp(float(exp or 0), UTC),
             jwt_svid_jti=jti if isinstance(jti, str) and jti else None,
         )
-
-
-def _verify_signature(token: str, kid: object, alg: str, bundle: TrustBundle) -> dict[str, object]:
-    if isinstance(kid, str):
-        key = bundle.jwt_authorities.get(kid)
-        if key is None:
-            raise JoseError(
-                f"no JWT authority with kid {kid!r} in trust domain {bundle.trust_domain!r}"
-            )
-        return decode_verified(token, key, alg)
-    # `kid` is optional in JWT-SVIDs: try each authority that fits the algorithm.
-    for key in bundle.jwt_authorities.values():
-        if key_fits_algorithm(key, alg):
-            try:
-                return decode_verified(token, key, alg)
-            except JoseError:
-                continue
-    raise JoseError("JWT signature does not verify against any authority")

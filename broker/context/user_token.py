@@ -14,15 +14,14 @@ from broker.config.settings import UserTokenIssuer
 from broker.context.jwks import FileKeySet, KeySet, UrlKeySet
 from broker.domain import UserContext
 from broker.errors import Unavailable
-from broker.identity.material import IdentityError, PublicKey
+from broker.identity.material import IdentityError
 from broker.jose import (
     JoseError,
     check_audience,
     check_time_claims,
-    decode_verified,
-    key_fits_algorithm,
     unverified_claims,
     unverified_header,
+    verify_with_keys,
 )
 from broker.typing import Clock
 
@@ -128,7 +127,10 @@ class UserTokenVerifier:
             keys = await self._key_sets[config.issuer].keys(kid if isinstance(kid, str) else None)
         except IdentityError as exc:
             raise Unavailable(f"keys of user-token issuer {iss} are unavailable: {exc}") from None
-        claims = _verify_signature(token, kid, alg, keys)
+        try:
+            claims = verify_with_keys(token, kid, alg, keys, where="the issuer's key set")
+        except JoseError as exc:
+            raise UserTokenRejected("user_token_invalid", f"user token: {exc}") from None
         try:
             check_time_claims(claims, now=self._clock.time(), leeway=config.leeway_seconds)
         except JoseError as exc:
@@ -153,28 +155,6 @@ def _key_set(issuer: UserTokenIssuer, clock: Clock) -> KeySet:
         )
     assert issuer.jwks_file is not None  # guaranteed by the settings loader
     return FileKeySet(issuer.jwks_file, clock)
-
-
-def _verify_signature(
-    token: str, kid: object, alg: str, keys: Mapping[str, PublicKey]
-) -> dict[str, object]:
-    try:
-        if isinstance(kid, str):
-            key = keys.get(kid)
-            if key is None:
-                raise UserTokenRejected(
-                    "user_token_invalid", f"user token key {kid!r} is not in the issuer's key set"
-                )
-            return decode_verified(token, key, alg)
-        for key in keys.values():
-            if key_fits_algorithm(key, alg):
-                try:
-                    return decode_verified(token, key, alg)
-                except JoseError:
-                    continue
-        raise JoseError("JWT signature does not verify against any key of the issuer")
-    except JoseError as exc:
-        raise UserTokenRejected("user_token_invalid", f"user token: {exc}") from None
 
 
 def _user_context(claims: Mapping[str, object], config: UserTokenIssuer) -> UserContext:

@@ -125,11 +125,6 @@ class ServerTls:
         """The context to give the listener."""
         return self._base
 
-    @property
-    def verifies_in_application(self) -> bool:
-        """Whether client chains reach the application unverified (the normal mode)."""
-        return self._app_verifies
-
     def _on_rotation(self, snapshot: IdentitySnapshot) -> None:
         self._current = self._build(snapshot)
 

@@ -51,10 +51,6 @@ class AgentPattern:
         """The index key: the exact ID, or the prefix up to and including the last `/`."""
         return self.text[:-1] if self.is_prefix else self.text
 
-    def matches(self, spiffe_id: str) -> bool:
-        """Whether `spiffe_id` matches (used by tests; the engine uses the index)."""
-        return spiffe_id.startswith(self.key) if self.is_prefix else spiffe_id == self.text
-
 
 @dataclass(frozen=True, slots=True)
 class UserCondition:

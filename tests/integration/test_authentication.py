@@ -262,7 +262,7 @@ JWT_CASES: dict[str, tuple[Callable[[TrustDomain, str], str], str]] = {
     ),
     "unknown-kid": (
         lambda td, aud: td.jwt_svid(audience=aud, headers={"kid": "nope"}),
-        "no JWT authority with kid 'nope'",
+        "no key with kid 'nope' in the JWT bundle of trust domain",
     ),
     "header-jku": (
         lambda td, aud: td.jwt_svid(audience=aud, headers={"jku": "https://evil.example/jwks"}),
