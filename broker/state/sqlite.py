@@ -9,6 +9,7 @@ file does not grow without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import sqlite3
@@ -20,6 +21,7 @@ import structlog
 
 from broker.blocking import DaemonExecutor
 from broker.domain import LimitCheck
+from broker.errors import Unavailable
 from broker.state.base import CredentialRecord, LimitResult
 from broker.tasks import stop_task
 from broker.typing import Clock
@@ -122,7 +124,13 @@ class SqliteStateStore:
             db.execute("COMMIT")
             return cast("T", result)
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except sqlite3.Error as exc:
+            # Every backend error becomes `Unavailable`: the pipeline's fail-closed path
+            # (undo, refund, `credential.failed`, 503) only ever sees the broker's errors.
+            log.error("state store (SQLite) failed", error=str(exc))  # noqa: TRY400
+            raise Unavailable("the state store (SQLite) is unavailable") from exc
 
     async def start(self) -> None:
         """Open the file (0600), create the schema, load revoked agents."""
@@ -163,17 +171,15 @@ class SqliteStateStore:
             return False
         try:
             await self._run(lambda db: db.execute("SELECT 1").fetchone())
-        except sqlite3.Error:
+        except Unavailable:
             return False
         return True
 
     async def _purge_loop(self) -> None:
         while True:
             await asyncio.sleep(PURGE_INTERVAL_SECONDS)
-            try:
+            with contextlib.suppress(Unavailable):  # logged by `_run`; retried next time
                 await self.purge()
-            except sqlite3.Error:
-                log.exception("state purge failed")
 
     async def purge(self) -> None:
         """Delete everything that has expired (kept: leases Vault has not released)."""

@@ -33,6 +33,7 @@ from tests.support.broker import (
     eventually,
     in_process_broker,
 )
+from tests.support.faults import refuse_credential_writes
 from tests.support.pki import Svid, TrustDomain
 from tests.support.servers import (
     PostgresServer,
@@ -235,6 +236,14 @@ def lease_ttl(env: VaultEnv, lease_id: str) -> int | None:
         return int(env.root.sys.read_lease(lease_id)["data"]["ttl"])
     except hvac.exceptions.InvalidRequest:
         return None
+
+
+def ticketing_leases(env: VaultEnv) -> set[str]:
+    try:
+        listed = env.root.sys.list_leases("database/creds/ticketing/")
+    except hvac.exceptions.InvalidPath:
+        return set()
+    return set(listed["data"]["keys"])
 
 
 # -- each kind, end to end ------------------------------------------------------------------
@@ -508,3 +517,19 @@ async def test_static_token_auth_works_and_warns(
         assert status == 201, body
     assert "is for development only" in caplog.text
     assert token not in caplog.text
+
+
+async def test_state_store_failure_after_vault_issued_revokes_the_lease(
+    broker: VaultBroker,
+) -> None:
+    """The state refuses the lease record: 503, `credential.failed`, the lease revoked in Vault."""
+    state = broker.running.runtime.state
+    before = ticketing_leases(broker.env)
+    with refuse_credential_writes(state):
+        status, body = await broker.credentials({"tools": ["ticketing_db"]})
+    assert status == 503, body
+    assert "credentials" not in body
+    record = broker.audit()[-1]
+    assert record["event"] == "credential.failed"
+    # The lease Vault created for this request was revoked at once.
+    assert ticketing_leases(broker.env) <= before
