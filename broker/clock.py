@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 
-__all__ = ["SystemClock"]
+__all__ = ["SystemClock", "rfc3339"]
 
 
 class SystemClock:
@@ -20,3 +21,18 @@ class SystemClock:
     def time(self) -> float:
         """Return the current time as seconds since the epoch."""
         return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the event loop."""
+        await asyncio.sleep(seconds)
+
+
+def rfc3339(when: datetime | float) -> str:
+    """An instant as RFC 3339 UTC with whole seconds (`2026-11-21T10:05:00Z`).
+
+    Args:
+        when: An aware datetime, or seconds since the epoch.
+    """
+    if not isinstance(when, datetime):
+        when = datetime.fromtimestamp(when, UTC)
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -17,11 +17,13 @@ __all__ = [
     "Caller",
     "Credential",
     "Decision",
+    "Limit",
     "LimitCheck",
     "RequestContext",
     "Secret",
     "ToolGrant",
     "UserContext",
+    "UserRef",
 ]
 
 
@@ -91,6 +93,18 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class UserRef:
+    """Who a user is, across identity providers: the token's issuer and subject."""
+
+    issuer: str
+    subject: str
+
+    def __str__(self) -> str:
+        """`issuer#subject`: the form limit keys and logs use (never parsed back)."""
+        return f"{self.issuer}#{self.subject}"
+
+
+@dataclass(frozen=True, slots=True)
 class UserContext:
     """The end user on whose behalf an agent acts, from a validated user token.
 
@@ -111,6 +125,11 @@ class UserContext:
     groups: tuple[str, ...] = ()
     actors: tuple[str, ...] = ()
     token_id: str | None = None
+
+    @property
+    def ref(self) -> UserRef:
+        """The user's issuer and subject."""
+        return UserRef(self.issuer, self.subject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +162,23 @@ class RequestContext:
 
 
 @dataclass(frozen=True, slots=True)
+class Limit:
+    """A rate limit (sliding window) or a budget (fixed window) a rule declares.
+
+    Attributes:
+        kind: `rate` (any `window_seconds` span) or `budget` (calendar-aligned windows).
+        per: Which request attributes form the counter key (`agent`, `user`, `tool`).
+        limit: How many credentials the key may get per window.
+        window_seconds: The window length.
+    """
+
+    kind: str
+    per: tuple[str, ...]
+    limit: int
+    window_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
 class LimitCheck:
     """A rate limit or budget the pipeline must consume before issuing.
 
@@ -165,7 +201,7 @@ class LimitCheck:
 
 @dataclass(frozen=True, slots=True)
 class ToolGrant:
-    """The policy's answer for one requested tool."""
+    """The policy's answer for one requested tool (with the limits its rule declares)."""
 
     tool: str
     allowed: bool
@@ -174,6 +210,7 @@ class ToolGrant:
     scopes: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     messages: tuple[str, ...] = ()
+    limits: tuple[Limit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +226,6 @@ class Decision:
         tools: Per-tool answers.
         reasons: Reason codes of the denial (or of a later refusal), deduplicated.
         messages: Human explanations of the reasons.
-        limits: Rate limits and budgets to consume before issuing.
         shadow: Denials of dry-run rules: recorded, not enforced.
     """
 
@@ -201,7 +237,6 @@ class Decision:
     tools: tuple[ToolGrant, ...]
     reasons: tuple[str, ...] = ()
     messages: tuple[str, ...] = ()
-    limits: tuple[LimitCheck, ...] = ()
     shadow: tuple[str, ...] = ()
 
     @property
@@ -222,6 +257,7 @@ class Credential:
         secret: The token (`jwt`, Vault `token`/`kv` wrapping token) as a `Secret`.
         data: Secret fields (`vault` dynamic secrets), each a `Secret`.
         audit_id: What the audit trail records as the id (an HMAC for Vault leases).
+        lease_id: The backend lease to revoke when the credential ends, if it holds one.
     """
 
     tool: str
@@ -231,3 +267,4 @@ class Credential:
     secret: Secret | None = None
     data: tuple[tuple[str, Secret], ...] = ()
     audit_id: str | None = None
+    lease_id: str | None = None

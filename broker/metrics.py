@@ -46,12 +46,8 @@ class _StateCollector(Collector):
             [], {"id": state.get("policy_id", ""), "version": state.get("policy_version", "")}
         )
         yield policy
-        if "vault_breaker_open" in state:
-            yield GaugeMetricFamily(
-                "broker_vault_breaker_open",
-                "Whether the Vault circuit breaker is open",
-                value=state["vault_breaker_open"],
-            )
+        for name, (documentation, value) in state.get("gauges", {}).items():
+            yield GaugeMetricFamily(name, documentation, value=value)
         if "audit_batches" in state:
             yield GaugeMetricFamily(
                 "broker_audit_batches",

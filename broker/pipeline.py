@@ -1,11 +1,12 @@
 """The broker's data flow, in one place.
 
     authenticate -> build context -> policy decides -> limits -> issuers issue
-    -> audit records (durably) -> respond
+    -> persist -> audit records (durably) -> respond
 
 Fail closed: a credential leaves only after its audit record is on disk. Anything that
-fails after issuance (the state store, the audit sink) undoes what was issued: Vault
-leases are revoked, tokens are marked revoked, limits are refunded.
+fails after issuance (the state store, the audit sink) undoes what was issued: leases
+are revoked at their issuer, tokens are marked revoked, limits are refunded, and the
+failure itself is audited (`credential.failed`).
 """
 
 from __future__ import annotations
@@ -20,29 +21,22 @@ import structlog
 
 from broker.audit import events
 from broker.audit.events import AgentRef
-from broker.authn import Authenticator, Presented
+from broker.authn import Presented
 from broker.authn.authenticator import presented_identity
-from broker.config.settings import Settings
-from broker.context.user_token import UserTokenRejected, UserTokenVerifier, actors_of
-from broker.domain import Caller, Credential, Decision, RequestContext, Secret, UserContext
-from broker.errors import (
-    BrokerError,
-    OAuthError,
-    PolicyDenied,
-    RateLimited,
-    Unauthenticated,
-    Unavailable,
-)
+from broker.config.settings import ToolSettings
+from broker.context.builder import ContextBuilder
+from broker.context.requests import CredentialRequest, ExchangeRequest
+from broker.context.user_token import UserTokenRejected
+from broker.domain import Caller, Credential, Decision, RequestContext
+from broker.errors import BrokerError, PolicyDenied, RateLimited, Unauthenticated, Unavailable
 from broker.issuers.base import IssueRequest
-from broker.issuers.jwt import JwtIssuer
-from broker.jose import JoseError, unverified_claims
-from broker.lifecycle import release_at_issuer
+from broker.lifecycle.release import release_at_issuer
+from broker.limits import Consumed, Limits
 from broker.metrics import Metrics
-from broker.policy.reloader import ReloadingPolicy
 from broker.state.base import CredentialRecord
-from broker.typing import AuditSink, Clock, Issuer, StateStore
+from broker.typing import AuditSink, Authenticator, Clock, Issuer, PolicyDecider, StateStore
 
-__all__ = ["CredentialRequest", "ExchangeRequest", "Issued", "Pipeline", "new_id"]
+__all__ = ["CredentialRequest", "ExchangeRequest", "Issued", "Pipeline", "ReplayGuard", "new_id"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,32 +47,19 @@ def new_id() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class CredentialRequest:
-    """A validated `POST /v1/credentials` body."""
-
-    tools: tuple[str, ...]
-    ttl_seconds: int | None = None
-    user_token: Secret | None = None
-    session_id: str | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ExchangeRequest:
-    """A validated RFC 8693 token exchange (`POST /v1/token`)."""
-
-    subject_token: Secret
-    tool: str
-    scopes: tuple[str, ...] | None = None
-    actor_token: Secret | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Issued:
     """What a successful issuance returns."""
 
     decision: Decision
     credentials: tuple[Credential, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayGuard:
+    """JWT-SVID replay protection: each `jti` authenticates one request (when enabled)."""
+
+    enabled: bool = False
+    leeway_seconds: int = 0
 
 
 class Pipeline:
@@ -87,27 +68,43 @@ class Pipeline:
     def __init__(
         self,
         *,
-        settings: Settings,
         clock: Clock,
         authenticator: Authenticator,
-        user_tokens: UserTokenVerifier,
-        policy: ReloadingPolicy,
+        context: ContextBuilder,
+        policy: PolicyDecider,
+        limits: Limits,
         issuers: Mapping[str, Issuer],
+        tools: Mapping[str, ToolSettings],
         state: StateStore,
         audit: AuditSink,
-        jwt_issuer: JwtIssuer | None = None,
+        replay: ReplayGuard | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        """Wire the steps."""
-        self.settings = settings
+        """Wire the steps.
+
+        Args:
+            clock: The clock.
+            authenticator: Step 1, who is calling.
+            context: Step 2, for whom and what.
+            policy: Step 3, the decision.
+            limits: Step 4, rate limits and budgets.
+            issuers: Step 5, issuers by kind.
+            tools: The tool catalogue, by name (each names its issuer kind).
+            state: Where issued credentials are remembered.
+            audit: Where every decision is recorded first.
+            replay: JWT-SVID replay protection.
+            metrics: Counters.
+        """
         self.clock = clock
         self.authenticator = authenticator
-        self.user_tokens = user_tokens
+        self.context = context
         self.policy = policy
+        self.limits = limits
         self.issuers = issuers
+        self.tools = tools
         self.state = state
         self.audit = audit
-        self.jwt_issuer = jwt_issuer
+        self.replay = replay or ReplayGuard()
         self.metrics = metrics or Metrics()
 
     # -- step 1: who is calling -------------------------------------------------------------
@@ -125,7 +122,7 @@ class Pipeline:
             caller = self.authenticator.authenticate(presented)
             if await self.state.agent_revoked(caller.spiffe_id):
                 raise Unauthenticated(f"agent {caller.spiffe_id} has been revoked")
-            if presented.authorization and self.settings.state.jwt_svid_replay_protection:
+            if presented.authorization and self.replay.enabled:
                 await self._check_replay(caller)
         except Unauthenticated as exc:
             if exc.presented:
@@ -143,15 +140,14 @@ class Pipeline:
         return caller
 
     async def _check_replay(self, caller: Caller) -> None:
-        """With replay protection on, each JWT-SVID authenticates one request only."""
         if caller.jwt_svid_jti is None:
             raise Unauthenticated("JWT-SVID has no 'jti': replay protection requires one")
-        leeway = self.settings.authentication.jwt_svid.leeway_seconds
         key = f"jwt-svid|{caller.spiffe_id}|{caller.jwt_svid_jti}"
-        if not await self.state.first_use(key, caller.expires_at.timestamp() + leeway):
+        until = caller.expires_at.timestamp() + self.replay.leeway_seconds
+        if not await self.state.first_use(key, until):
             raise Unauthenticated("JWT-SVID was already used (replay protection is on)")
 
-    # -- steps 2 to 6: credentials ----------------------------------------------------------
+    # -- steps 2 to 7: credentials ----------------------------------------------------------
 
     async def issue(
         self, caller: Caller, request: CredentialRequest, *, request_id: str, remote: str | None
@@ -163,8 +159,10 @@ class Pipeline:
             RateLimited: 429, audited.
             Unavailable: 503: a backend or the audit sink failed; nothing was issued.
         """
-        ctx, rejection = await self._context(caller, request, request_id=request_id, remote=remote)
-        return await self._decide_and_issue(ctx, rejection)
+        built = await self.context.for_credentials(
+            caller, request, request_id=request_id, remote=remote
+        )
+        return await self._run(*built)
 
     async def exchange(
         self, caller: Caller, request: ExchangeRequest, *, request_id: str, remote: str | None
@@ -172,104 +170,35 @@ class Pipeline:
         """RFC 8693 token exchange: a user token, or a broker token to narrow, for one tool.
 
         Raises:
-            OAuthError: Malformed exchange (actor mismatch, scope wider than the subject's,
-                another tool than the subject token's).
+            OAuthError: Malformed exchange (see `ContextBuilder.for_exchange`).
             PolicyDenied, RateLimited, Unavailable: As for `issue`.
         """
-        if request.actor_token is not None:
-            actor = self.authenticator.jwt_verifier.verify(request.actor_token.reveal())
-            if actor.spiffe_id != caller.spiffe_id:
-                raise OAuthError(
-                    "invalid_request",
-                    f"actor_token names {actor.spiffe_id}, not the authenticated agent",
-                )
-        token = request.subject_token.reveal()
-        if self._is_broker_token(token):
-            ctx, rejection = await self._delegated_context(
-                caller, token, request, request_id=request_id, remote=remote
-            )
-        else:
-            ctx, rejection = await self._context(
-                caller,
-                CredentialRequest(
-                    tools=(request.tool,),
-                    user_token=request.subject_token,
-                    reason="token exchange (RFC 8693)",
-                ),
-                request_id=request_id,
-                remote=remote,
-            )
-            ctx = dataclasses.replace(ctx, scopes=request.scopes)
-        return await self._decide_and_issue(ctx, rejection)
+        built = await self.context.for_exchange(
+            caller, request, request_id=request_id, remote=remote
+        )
+        return await self._run(*built)
 
-    def _is_broker_token(self, token: str) -> bool:
+    async def _run(self, ctx: RequestContext, rejection: UserTokenRejected | None) -> Issued:
+        decision = await self._decide(ctx, rejection)
+        consumed = await self._consume_limits(ctx, decision)
+        credentials: list[Credential] = []
         try:
-            return unverified_claims(token).get("iss") == self.settings.issuer_url
-        except JoseError:
-            return False
+            await self._issue_all(ctx, decision, credentials)
+            await self.state.put_credentials([self._record(ctx, decision, c) for c in credentials])
+            await self.audit.write(events.issued(ctx, decision, credentials))
+        except BrokerError as exc:
+            await self._fail(ctx, decision, consumed, credentials, exc)
+            raise
+        self.metrics.issued(credentials)
+        return Issued(decision, tuple(credentials))
 
-    async def _delegated_context(
-        self,
-        caller: Caller,
-        token: str,
-        request: ExchangeRequest,
-        *,
-        request_id: str,
-        remote: str | None,
-    ) -> tuple[RequestContext, UserTokenRejected | None]:
-        """The context of narrowing a broker-issued token for a sub-agent."""
-        now = self.clock.now()
-        claims = self.jwt_issuer.verify(token) if self.jwt_issuer is not None else None
-        record = await self.state.get_credential(str(claims["jti"])) if claims else None
-        rejection = None
-        if claims is None or record is None:
-            rejection = UserTokenRejected(
-                "subject_token_invalid", "subject_token is not a live credential of this broker"
-            )
-        elif record.revoked or await self.state.agent_revoked(record.agent):
-            rejection = UserTokenRejected("subject_token_revoked", "subject_token has been revoked")
-        elif record.tool != request.tool:
-            raise OAuthError(
-                "invalid_target",
-                f"a delegated token can only be narrowed for its own tool ({record.tool})",
-            )
-        original = set(str(claims.get("scope", "")).split()) if claims else set()
-        if request.scopes is not None and not set(request.scopes) <= original:
-            raise OAuthError("invalid_scope", "requested scope is wider than the subject_token's")
-        user = None
-        if record is not None and record.user is not None and claims is not None:
-            issuer, _, subject = record.user.partition("#")
-            user = UserContext(
-                issuer=issuer,
-                subject=subject,
-                expires_at=float(str(claims["exp"])),
-                tier=record.user_tier,
-                groups=record.user_groups,
-            )
-        ctx = RequestContext(
-            caller=caller,
-            user=user,
-            tools=(request.tool,),
-            ttl_requested=None,
-            now=now,
-            request_id=request_id,
-            remote=remote,
-            reason="token exchange (RFC 8693), delegated",
-            scopes=request.scopes if request.scopes is not None else tuple(sorted(original)),
-            actors=actors_of(claims.get("act")) if claims else (),
-            not_after=float(str(claims["exp"])) if claims else None,
-        )
-        return ctx, rejection
-
-    async def _decide_and_issue(
-        self, ctx: RequestContext, rejection: UserTokenRejected | None
-    ) -> Issued:
+    async def _decide(self, ctx: RequestContext, rejection: UserTokenRejected | None) -> Decision:
+        """Step 3: the policy's decision; a denial is audited and raised."""
         decision_id = new_id()
-        decision = (
-            self.policy.engine.deny(decision_id, (rejection.code,), (rejection.message,))
-            if rejection is not None
-            else self.policy.decide(ctx, decision_id)
-        )
+        if rejection is not None:
+            decision = self.policy.deny(decision_id, (rejection.code,), (rejection.message,))
+        else:
+            decision = await self.policy.decide(ctx, decision_id)
         self.metrics.decision(decision)
         if not decision.allow:
             await self.audit.write(events.denied(ctx, decision))
@@ -278,91 +207,75 @@ class Pipeline:
                 decision_id=decision_id,
                 reasons=list(decision.reasons),
             )
+        return decision
 
-        now = ctx.now.timestamp()
-        limit = await self.state.consume_limits(decision.limits, decision_id, now)
-        if not limit.allowed:
-            code = "rate_limited" if limit.kind == "rate" else "budget_exhausted"
-            refused = dataclasses.replace(
-                decision,
-                allow=False,
-                ttl_granted=0,
-                reasons=(code,),
-                messages=(f"{code}: {limit.key} (retry in {limit.retry_after} s)",),
-            )
-            self.metrics.decision(refused)
-            await self.audit.write(events.denied(ctx, refused))
-            raise RateLimited(
-                f"{'rate limit' if code == 'rate_limited' else 'budget'} reached; "
-                f"retry in {limit.retry_after} s",
-                retry_after=limit.retry_after,
-                decision_id=decision_id,
-                reasons=[code],
+    async def _consume_limits(self, ctx: RequestContext, decision: Decision) -> Consumed:
+        """Step 4: rate limits and budgets; a refusal is audited and raised (429)."""
+        consumed, refusal = await self.limits.consume(ctx, decision)
+        if refusal is None:
+            return consumed
+        refused = dataclasses.replace(
+            decision,
+            allow=False,
+            ttl_granted=0,
+            reasons=(refusal.code,),
+            messages=(f"{refusal.code}: {refusal.key} (retry in {refusal.retry_after} s)",),
+        )
+        self.metrics.decision(refused)
+        await self.audit.write(events.denied(ctx, refused))
+        what = "rate limit" if refusal.code == "rate_limited" else "budget"
+        raise RateLimited(
+            f"{what} reached; retry in {refusal.retry_after} s",
+            retry_after=refusal.retry_after,
+            decision_id=decision.decision_id,
+            reasons=[refusal.code],
+        )
+
+    async def _issue_all(
+        self, ctx: RequestContext, decision: Decision, out: list[Credential]
+    ) -> None:
+        """Step 5: every tool's credential, appended to `out` as each is issued."""
+        for grant in decision.tools:
+            tool = self.tools[grant.tool]
+            issuer = self.issuers[tool.type]
+            out.append(
+                await issuer.issue(IssueRequest(ctx, decision, grant, tool, decision.ttl_granted))
             )
 
-        credentials: list[Credential] = []
-        try:
-            for grant in decision.tools:
-                tool = self.settings.tool(grant.tool)
-                assert tool is not None  # the request parser only admits known tools
-                request_for_tool = IssueRequest(ctx, decision, grant, tool, decision.ttl_granted)
-                credentials.append(await self.issuers[tool.type].issue(request_for_tool))
-            await self.state.put_credentials([self._record(ctx, decision, c) for c in credentials])
-            await self.audit.write(events.issued(ctx, decision, credentials))
-        except BrokerError as exc:
-            await self._undo(credentials)
-            with contextlib.suppress(BrokerError):
-                await self.state.refund_limits(decision.limits, decision_id, now)
-            if not isinstance(exc, Unavailable):
-                raise
+    async def _fail(
+        self,
+        ctx: RequestContext,
+        decision: Decision,
+        consumed: Consumed,
+        credentials: Sequence[Credential],
+        exc: BrokerError,
+    ) -> None:
+        """Undo an issuance that cannot complete, and audit the failure."""
+        await self._undo(credentials)
+        await self.limits.refund(consumed)
+        if isinstance(exc, Unavailable):
             with contextlib.suppress(Unavailable):
                 await self.audit.write(events.failed(ctx, decision, (exc.reason,), exc.detail))
-            raise
-        self.metrics.issued(credentials)
-        return Issued(decision, tuple(credentials))
-
-    async def _context(
-        self, caller: Caller, request: CredentialRequest, *, request_id: str, remote: str | None
-    ) -> tuple[RequestContext, UserTokenRejected | None]:
-        user, rejection = None, None
-        if request.user_token is not None:
-            try:
-                user = await self.user_tokens.verify(request.user_token.reveal())
-            except UserTokenRejected as exc:
-                rejection = exc
-        ctx = RequestContext(
-            caller=caller,
-            user=user,
-            tools=request.tools,
-            ttl_requested=request.ttl_seconds,
-            now=self.clock.now(),
-            request_id=request_id,
-            remote=remote,
-            session_id=request.session_id,
-            reason=request.reason,
-            actors=user.actors if user is not None else (),
-        )
-        return ctx, rejection
 
     def _record(
         self, ctx: RequestContext, decision: Decision, credential: Credential
     ) -> CredentialRecord:
         grant = next(g for g in decision.tools if g.tool == credential.tool)
-        tool = self.settings.tool(credential.tool)
+        user = ctx.user
         return CredentialRecord(
             credential_id=credential.credential_id,
             tool=credential.tool,
             type=credential.type,
             agent=ctx.caller.spiffe_id,
-            user=f"{ctx.user.issuer}#{ctx.user.subject}" if ctx.user else None,
+            user=user.ref if user else None,
             decision_id=decision.decision_id,
             issued_at=ctx.now.timestamp(),
             expires_at=credential.expires_at.timestamp(),
-            lease_id=credential.credential_id if credential.type == "vault" else None,
+            lease_id=credential.lease_id,
             scope=" ".join(grant.scopes),
-            audience=tool.audience if tool else None,
-            user_tier=ctx.user.tier if ctx.user else None,
-            user_groups=ctx.user.groups if ctx.user else (),
+            audience=self.tools[credential.tool].audience,
+            user_tier=user.tier if user else None,
+            user_groups=user.groups if user else (),
         )
 
     async def _undo(self, credentials: Sequence[Credential]) -> None:
@@ -370,6 +283,8 @@ class Pipeline:
         for credential in credentials:
             with contextlib.suppress(BrokerError):
                 await self.state.revoke_credential(credential.credential_id)
+            if credential.lease_id is None:
+                continue
             issuer = self.issuers.get(credential.type)
             if not await release_at_issuer(issuer, self.state, credential.credential_id):
                 log.warning(

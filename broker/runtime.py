@@ -1,37 +1,57 @@
 """The running broker's parts, wired from the settings (no HTTP in here).
 
-`open_runtime` opens every long-lived resource in order and closes them in reverse; the
-web layer holds the result for the life of the application.
+`open_runtime` opens every long-lived resource in order and closes them in reverse;
+issuers and the state store are found by kind in their registries. The web layer holds
+the result for the life of the application and hands each handler only the service it
+needs.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit import LeaseHasher, create_audit_sink
 from broker.authn import create_authenticator
 from broker.clock import SystemClock
-from broker.config.settings import Settings
+from broker.config.settings import Settings, ToolSettings
+from broker.context.builder import ContextBuilder
 from broker.context.user_token import UserTokenVerifier
 from broker.identity import IdentityError, create_identity_source
 from broker.identity.tls import ServerTls
-from broker.issuers.jwt import JwtIssuer
-from broker.issuers.keys import KeyRing
-from broker.issuers.vault import VaultIssuer
-from broker.lifecycle import Lifecycle
+from broker.issuers import ISSUERS
+from broker.issuers.base import IssuerDeps, IssuerParts
+from broker.lifecycle import Introspection, Revocation
+from broker.limits import Limits
 from broker.metrics import Metrics
-from broker.pipeline import Pipeline
+from broker.pipeline import Pipeline, ReplayGuard
 from broker.policy.reloader import ReloadingPolicy
-from broker.state import create_state_store
-from broker.typing import AuditSink, Clock, IdentitySource, Issuer, StateStore
-from broker.vault.client import VaultClient
-from broker.vault.reconciler import LeaseReconciler
+from broker.state import STATE_STORES
+from broker.typing import AuditSink, Clock, IdentitySource, Issuer, StateStore, TokenVerifier
 
-__all__ = ["Runtime", "open_runtime"]
+__all__ = ["Runtime", "ToolCatalogue", "open_runtime"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCatalogue:
+    """The configured tools, and which of them token exchange may return."""
+
+    tools: Mapping[str, ToolSettings]
+    exchangeable: frozenset[str]
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every tool name."""
+        return frozenset(self.tools)
+
+    def find(self, value: str) -> ToolSettings | None:
+        """The tool named `value`, or whose audience URI is `value`."""
+        return self.tools.get(value) or next(
+            (t for t in self.tools.values() if t.audience == value), None
+        )
 
 
 @dataclass(slots=True)
@@ -45,13 +65,14 @@ class Runtime:
     state: StateStore
     audit: AuditSink
     policy: ReloadingPolicy
-    keys: KeyRing | None
-    jwt_issuer: JwtIssuer | None
-    lease_hasher: LeaseHasher
+    tokens: TokenVerifier | None
+    issuers: Mapping[str, Issuer]
+    catalogue: ToolCatalogue
     pipeline: Pipeline
-    lifecycle: Lifecycle
+    introspection: Introspection
+    revocation: Revocation
     metrics: Metrics
-    vault: VaultClient | None = None
+    gauges: Mapping[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
     state_ok: bool = True
 
     async def readiness(self) -> dict[str, bool]:
@@ -65,19 +86,19 @@ class Runtime:
 
     def metrics_state(self) -> dict[str, Any]:
         """What /metrics reports about the broker's state (read at scrape time)."""
+        policy_id, version = self.policy.version
         state: dict[str, Any] = {
             "checks": {
                 "identity": self.identity.ready(),
                 "state": self.state_ok,
                 "audit": self.audit.ready(),
             },
-            "policy_id": self.policy.policy.id,
-            "policy_version": self.policy.policy.version,
+            "policy_id": policy_id,
+            "policy_version": version,
+            "gauges": {name: (doc, read()) for name, (doc, read) in self.gauges.items()},
         }
         with contextlib.suppress(IdentityError):
             state["svid_expiry"] = self.identity.snapshot().svid.not_after.timestamp()
-        if self.vault is not None:
-            state["vault_breaker_open"] = 1.0 if self.vault.breaker.state == "open" else 0.0
         batches = getattr(self.audit, "batches", None)
         if isinstance(batches, int):
             state["audit_batches"] = float(batches)
@@ -98,6 +119,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
     Raises:
         IdentityError: No identity material could be loaded.
         ConfigError: The policy or the signing keys are invalid.
+        Unavailable: A backend cannot be reached at start-up.
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
@@ -109,12 +131,13 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             settings.policy.file if settings.policy else None,
             known_tools=frozenset(t.name for t in settings.tools),
             tool_scopes={t.name: t.scopes for t in settings.tools},
+            clock=clock,
             watch_seconds=settings.policy.watch_seconds if settings.policy else 2.0,
         )
         await policy.start()
         stack.push_async_callback(policy.close)
 
-        state = create_state_store(settings, clock)
+        state = STATE_STORES.get(settings.state.backend).build(settings.state.options, clock)
         await state.start()
         stack.push_async_callback(state.close)
 
@@ -122,46 +145,44 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         await audit.start()
         stack.push_async_callback(audit.close)
 
-        issuers: dict[str, Issuer] = {}
-        keys: KeyRing | None = None
-        jwt_issuer: JwtIssuer | None = None
-        if settings.jwt_issuer is not None:
-            keys = KeyRing(settings.jwt_issuer, clock)
-            keys.load()
-            await keys.start()
-            stack.push_async_callback(keys.close)
-            jwt_issuer = JwtIssuer(settings.issuer_url, keys, clock)
-            issuers["jwt"] = jwt_issuer
-
-        lease_hasher = LeaseHasher.from_settings(settings)
-        vault: VaultClient | None = None
-        if settings.vault is not None:
-            vault = VaultClient(settings.vault, identity, clock)
-            await vault.start()
-            stack.push_async_callback(vault.close)
-            issuers["vault"] = VaultIssuer(vault, state, lease_hasher, clock)
-            reconciler = LeaseReconciler(
-                issuers["vault"], state, clock, settings.vault.reconcile_seconds
-            )
-            await reconciler.start()
-            stack.push_async_callback(reconciler.close)
+        deps = IssuerDeps(settings, clock, identity, state, LeaseHasher.from_settings(settings))
+        parts: dict[str, IssuerParts] = {}
+        for kind, section in settings.issuers.items():
+            parts[kind] = await stack.enter_async_context(ISSUERS.get(kind).open(deps, section))
+        tokens = next((p.token_verifier for p in parts.values() if p.token_verifier), None)
+        issuers = {kind: p.issuer for kind, p in parts.items()}
+        tools = {t.name: t for t in settings.tools}
+        catalogue = ToolCatalogue(
+            tools, frozenset(t.name for t in settings.tools if parts[t.type].exchangeable)
+        )
 
         user_tokens = UserTokenVerifier(settings.user_token_issuers, clock)
         await user_tokens.start()
         stack.push_async_callback(user_tokens.close)
 
+        authenticator = create_authenticator(settings, identity, clock)
         metrics = Metrics()
         pipeline = Pipeline(
-            metrics=metrics,
-            settings=settings,
             clock=clock,
-            authenticator=create_authenticator(settings, identity, clock),
-            user_tokens=user_tokens,
+            authenticator=authenticator,
+            context=ContextBuilder(
+                clock=clock,
+                user_tokens=user_tokens,
+                state=state,
+                authenticator=authenticator,
+                tokens=tokens,
+            ),
             policy=policy,
+            limits=Limits(state),
             issuers=issuers,
+            tools=tools,
             state=state,
             audit=audit,
-            jwt_issuer=jwt_issuer,
+            replay=ReplayGuard(
+                settings.state.jwt_svid_replay_protection,
+                settings.authentication.jwt_svid.leeway_seconds,
+            ),
+            metrics=metrics,
         )
         runtime = Runtime(
             settings=settings,
@@ -171,21 +192,27 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             state=state,
             audit=audit,
             policy=policy,
-            keys=keys,
-            jwt_issuer=jwt_issuer,
-            lease_hasher=lease_hasher,
+            tokens=tokens,
+            issuers=issuers,
+            catalogue=catalogue,
             pipeline=pipeline,
-            lifecycle=Lifecycle(
-                settings=settings,
+            introspection=Introspection(
+                verifier=tokens,
+                state=state,
+                admins=settings.admins,
+                resource_servers=settings.resource_servers,
+            ),
+            revocation=Revocation(
                 clock=clock,
                 state=state,
                 audit=audit,
                 issuers=issuers,
-                jwt_issuer=jwt_issuer,
-                lease_hasher=lease_hasher,
+                verifier=tokens,
+                admins=settings.admins,
+                agent_revocation_seconds=settings.state.agent_revocation_seconds,
             ),
-            vault=vault,
             metrics=metrics,
+            gauges={name: g for p in parts.values() for name, g in p.gauges.items()},
         )
         metrics.watch(runtime.metrics_state)
         yield runtime

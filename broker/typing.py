@@ -1,31 +1,39 @@
 """Every extension point of the broker, as one `Protocol` each, in one module.
 
 Implementations live in sibling modules under a folder named for the Protocol
-(`broker/identity/files.py`, `broker/identity/workload_api.py`, ...). Shared contract
-test suites in `tests/` run against every implementation.
+(`broker/identity/files.py`, `broker/state/redis/`, `broker/issuers/vault/`, ...), and
+one contract suite per Protocol in `tests/contracts/` runs against every implementation.
+
+The failure contract: every I/O method raises `broker.errors.Unavailable` (or a subclass)
+when its backend fails, never the backend library's own exceptions. The pipeline's
+fail-closed path (undo, refund, `credential.failed`, 503) relies on exactly that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from broker.audit.events import AuditEvent
-    from broker.domain import Credential, Decision, LimitCheck, RequestContext
-    from broker.identity.material import IdentitySnapshot
+    from broker.authn.authenticator import Presented
+    from broker.domain import Caller, Credential, Decision, LimitCheck, RequestContext
+    from broker.identity.material import IdentitySnapshot, PublicKey
     from broker.issuers.base import IssueRequest
     from broker.state.base import CredentialRecord, LimitResult
 
 __all__ = [
     "AuditSink",
+    "Authenticator",
     "Clock",
     "IdentitySource",
     "Issuer",
+    "KeySet",
     "PolicyDecider",
     "SnapshotListener",
     "StateStore",
+    "TokenVerifier",
 ]
 
 SnapshotListener = Callable[["IdentitySnapshot"], None]
@@ -42,6 +50,10 @@ class Clock(Protocol):
         """Return the current time as seconds since the epoch."""
         ...
 
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time (background loops sleep through it)."""
+        ...
+
 
 class IdentitySource(Protocol):
     """Supplies the broker's own X.509-SVID and the trust bundles, and their rotations."""
@@ -50,7 +62,7 @@ class IdentitySource(Protocol):
         """Load the first material; returns once it is available.
 
         Raises:
-            IdentityError: No usable material could be obtained.
+            IdentityError: (an `Unavailable`) No usable material could be obtained.
         """
         ...
 
@@ -62,7 +74,7 @@ class IdentitySource(Protocol):
         """Return the current material.
 
         Raises:
-            IdentityError: The source has no usable material.
+            IdentityError: (an `Unavailable`) The source has no usable material.
         """
         ...
 
@@ -78,29 +90,103 @@ class IdentitySource(Protocol):
         """Return a JWT-SVID of the broker for `audience` (used to log in to Vault).
 
         Raises:
-            IdentityError: The source cannot mint JWT-SVIDs.
+            IdentityError: (an `Unavailable`) The source cannot mint JWT-SVIDs now.
         """
         ...
 
 
-class PolicyDecider(Protocol):
-    """Decides requests (default deny)."""
+class Authenticator(Protocol):
+    """Turns what a request presented into an authenticated workload."""
 
-    def decide(self, ctx: RequestContext, decision_id: str) -> Decision:
-        """Decide a request.
+    def authenticate(self, presented: Presented) -> Caller:
+        """Verify the presented SVID (X.509 over mTLS, or a JWT-SVID bearer).
+
+        Raises:
+            Unauthenticated: Nothing presented, or what was presented does not verify.
+        """
+        ...
+
+    def verify_jwt_svid(self, token: str) -> Caller:
+        """Verify a JWT-SVID on its own (RFC 8693 `actor_token`).
+
+        Raises:
+            Unauthenticated: The token is not a valid JWT-SVID for this broker.
+        """
+        ...
+
+
+class KeySet(Protocol):
+    """Public keys that verify someone else's JWTs (an identity provider's JWKS)."""
+
+    async def start(self) -> None:
+        """Load the first keys (a source that cannot load yet keeps trying)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop refreshing."""
+        ...
+
+    async def keys(self, kid: str | None) -> Mapping[str, PublicKey]:
+        """The keys by `kid` (refreshed, within limits, when `kid` is unknown).
+
+        Raises:
+            Unavailable: No keys could be loaded at all.
+        """
+        ...
+
+
+class TokenVerifier(Protocol):
+    """Verifies the broker's own tokens and publishes what resource servers need."""
+
+    @property
+    def issuer(self) -> str:
+        """The `iss` of the broker's tokens."""
+        ...
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The signing algorithms in use (for the authorization server metadata)."""
+        ...
+
+    def verify(self, token: str) -> Mapping[str, object] | None:
+        """The claims of a valid, unexpired token of this broker; None for anything else.
+
+        Revocation is not checked here (it lives in the state store).
+        """
+        ...
+
+    def jwks(self) -> Mapping[str, object]:
+        """The public keys (JWKS document): upcoming, current and recently retired."""
+        ...
+
+
+class PolicyDecider(Protocol):
+    """Decides requests (default deny). May be local (the rule engine) or remote."""
+
+    @property
+    def version(self) -> tuple[str, str]:
+        """The running policy's id and version (declared version plus content hash)."""
+        ...
+
+    async def decide(self, ctx: RequestContext, decision_id: str) -> Decision:
+        """Decide a request: all tools allowed, or a denial with every reason.
 
         Args:
             ctx: Who asks, for whom, for which tools, for how long.
             decision_id: The id the decision carries.
 
-        Returns:
-            The decision, with every reason and the policy id and version.
+        Raises:
+            Unavailable: A remote engine cannot answer (the request is not issued).
         """
+        ...
+
+    def deny(self, decision_id: str, reasons: Sequence[str], messages: Sequence[str]) -> Decision:
+        """A denial under the running policy, for refusals decided before the rules run."""
         ...
 
 
 class Issuer(Protocol):
-    """Issues credentials of one type (`jwt`, `vault`)."""
+    """Issues credentials of one kind (`jwt`, `vault`, ...)."""
 
     kind: str
 
@@ -108,20 +194,36 @@ class Issuer(Protocol):
         """Issue one credential.
 
         Raises:
-            Unavailable: The backing system cannot issue now (nothing was issued).
+            Unavailable: The backing system cannot issue now (nothing is left behind).
         """
         ...
 
+    def audit_id(self, credential_id: str) -> str:
+        """What the audit trail records for a credential id (an HMAC where it is secret)."""
+        ...
+
     async def revoke(self, credential_id: str) -> None:
-        """Undo a credential at its source (a no-op for self-contained JWTs)."""
+        """Undo a credential at its source (a no-op for self-contained JWTs).
+
+        Raises:
+            Unavailable: The backing system cannot be reached (the reconciler retries).
+        """
         ...
 
 
 class StateStore(Protocol):
-    """Shared, self-expiring state: issued credentials, revocations, limits, seen ids."""
+    """Shared, self-expiring state: issued credentials, revocations, limits, seen ids.
+
+    Every method but `start`, `close` and `ping` raises `Unavailable` when the backend
+    fails.
+    """
 
     async def start(self) -> None:
-        """Connect and prepare (schema, scripts)."""
+        """Connect and prepare (schema, scripts).
+
+        Raises:
+            Unavailable: The backend cannot be reached or prepared.
+        """
         ...
 
     async def close(self) -> None:
@@ -129,53 +231,97 @@ class StateStore(Protocol):
         ...
 
     async def ping(self) -> bool:
-        """Whether the store answers (readiness)."""
+        """Whether the store answers (readiness); never raises."""
         ...
 
     async def put_credentials(self, records: Sequence[CredentialRecord]) -> None:
-        """Remember issued credentials until they expire."""
+        """Remember issued credentials until they expire.
+
+        Raises:
+            Unavailable: Not remembered.
+        """
         ...
 
     async def get_credential(self, credential_id: str) -> CredentialRecord | None:
-        """A credential that has not expired, or None."""
+        """A credential that has not expired, or None.
+
+        Raises:
+            Unavailable: The backend failed.
+        """
         ...
 
     async def revoke_credential(self, credential_id: str) -> CredentialRecord | None:
-        """Mark a live credential revoked; returns it, or None if unknown or expired."""
+        """Mark a live credential revoked; returns it, or None if unknown or expired.
+
+        Raises:
+            Unavailable: Not revoked.
+        """
         ...
 
     async def agent_credentials(self, agent: str) -> list[CredentialRecord]:
-        """The live credentials of an agent."""
+        """The live credentials of an agent.
+
+        Raises:
+            Unavailable: The backend failed.
+        """
         ...
 
     async def revoke_agent(self, agent: str, until: float) -> None:
-        """Refuse an agent until `until` (epoch seconds)."""
+        """Refuse an agent until `until` (epoch seconds).
+
+        Raises:
+            Unavailable: Not revoked.
+        """
         ...
 
     async def agent_revoked(self, agent: str) -> bool:
-        """Whether an agent is currently revoked."""
+        """Whether an agent is currently revoked.
+
+        Raises:
+            Unavailable: Unknown (the caller must refuse, not assume "no").
+        """
         ...
 
     async def consume_limits(
         self, checks: Sequence[LimitCheck], member: str, now: float
     ) -> LimitResult:
-        """Atomically consume every limit, or none if any would be exceeded."""
+        """Atomically consume every limit, or none if any would be exceeded.
+
+        Raises:
+            Unavailable: Nothing was consumed.
+        """
         ...
 
     async def refund_limits(self, checks: Sequence[LimitCheck], member: str, now: float) -> None:
-        """Give back what `consume_limits` took for `member` (issuance failed)."""
+        """Give back what `consume_limits` took for `member` (issuance failed).
+
+        Raises:
+            Unavailable: The backend failed.
+        """
         ...
 
     async def first_use(self, key: str, until: float) -> bool:
-        """Record `key` until `until`; False if it was already recorded (replay)."""
+        """Record `key` until `until`; False if it was already recorded (replay).
+
+        Raises:
+            Unavailable: Unknown (the caller must refuse).
+        """
         ...
 
     async def leases_to_release(self, now: float) -> list[CredentialRecord]:
-        """Credentials holding a Vault lease that is expired or revoked but not released."""
+        """Credentials holding a backend lease that is expired or revoked but not released.
+
+        Raises:
+            Unavailable: The backend failed.
+        """
         ...
 
     async def lease_released(self, credential_id: str) -> None:
-        """Forget a Vault lease once Vault has revoked it."""
+        """Forget a lease once its issuer has revoked it.
+
+        Raises:
+            Unavailable: The backend failed.
+        """
         ...
 
 

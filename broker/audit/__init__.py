@@ -8,15 +8,18 @@ import os
 import secrets
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from broker.audit.file import FileAuditSink
-from broker.config.settings import Settings
 from broker.errors import ConfigError
 from broker.typing import AuditSink, Clock
+
+if TYPE_CHECKING:
+    from broker.config.settings import Settings
 
 __all__ = ["LeaseHasher", "create_audit_sink"]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from broker.domain import Caller, Credential, Decision, RequestContext
+from broker.clock import rfc3339
+from broker.domain import Caller, Credential, Decision, RequestContext, UserRef
 
 __all__ = [
     "AgentRef",
@@ -22,11 +23,6 @@ __all__ = [
     "failed",
     "issued",
 ]
-
-
-def iso(when: datetime) -> str:
-    """RFC 3339 UTC with a `Z` (what the contract's examples show)."""
-    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +70,7 @@ class CredentialRef:
             credential.tool,
             credential.type,
             credential.audit_id or credential.credential_id,
-            iso(credential.expires_at),
+            rfc3339(credential.expires_at),
         )
 
 
@@ -88,7 +84,7 @@ class AuditEvent:
     remote: str | None
     agent: AgentRef | None = None
     decision_id: str | None = None
-    user: tuple[str, str] | None = None
+    user: UserRef | None = None
     delegation_chain: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
     ttl_requested: int | None = None
@@ -110,7 +106,7 @@ class AuditEvent:
         Integers and strings only, so any JSON tool reproduces the canonical form exactly.
         """
         record: dict[str, object] = {
-            "ts": iso(self.ts),
+            "ts": rfc3339(self.ts),
             "event": self.event,
             "request_id": self.request_id,
             "remote": self.remote,
@@ -134,7 +130,7 @@ class AuditEvent:
             ],
         }
         if self.user is not None:
-            record["user"] = {"iss": self.user[0], "sub": self.user[1]}
+            record["user"] = {"iss": self.user.issuer, "sub": self.user.subject}
         if self.messages:
             record["messages"] = list(self.messages)
         if self.rules:
@@ -157,7 +153,7 @@ def _base(ctx: RequestContext, decision: Decision) -> dict[str, object]:
         "remote": ctx.remote,
         "agent": AgentRef.of(ctx.caller),
         "decision_id": decision.decision_id,
-        "user": (ctx.user.issuer, ctx.user.subject) if ctx.user else None,
+        "user": ctx.user.ref if ctx.user else None,
         "delegation_chain": ctx.delegation_chain,
         "tools": ctx.tools,
         "ttl_requested": ctx.ttl_requested,
@@ -265,5 +261,5 @@ def agent_revoked(
         agent=AgentRef.of(actor),
         credentials=credentials,
         reasons=("admin_revocation",),
-        target={"spiffe_id": spiffe_id, "until": iso(until)},
+        target={"spiffe_id": spiffe_id, "until": rfc3339(until)},
     )

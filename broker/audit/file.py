@@ -34,8 +34,9 @@ from broker.audit.chain import (
     canonical,
     checkpoint_message,
 )
-from broker.audit.events import AuditEvent, iso
+from broker.audit.events import AuditEvent
 from broker.blocking import DaemonExecutor
+from broker.clock import rfc3339
 from broker.errors import Unavailable
 from broker.fileio import write_atomic
 from broker.tasks import stop_task
@@ -275,7 +276,7 @@ class FileAuditSink:
         self._reopen()
         log.info("audit file rotated", previous=str(rotated))
         self._rotation_note = {
-            "ts": iso(self._clock.now()),
+            "ts": rfc3339(self._clock.now()),
             "event": ROTATED_EVENT,
             "target": {"previous_file": rotated.name},
         }
@@ -284,7 +285,7 @@ class FileAuditSink:
         assert self._signer is not None
         signature = self._signer.sign(checkpoint_message(state.chain, state.seq, state.head))
         return {
-            "ts": iso(self._clock.now()),
+            "ts": rfc3339(self._clock.now()),
             "event": CHECKPOINT_EVENT,
             "target": {
                 "covers_seq": state.seq,
@@ -308,10 +309,10 @@ class FileAuditSink:
             if self._healthy:
                 continue
             record: dict[str, object] = {
-                "ts": iso(self._clock.now()),
+                "ts": rfc3339(self._clock.now()),
                 "event": "audit.sink_recovered",
                 "target": {
-                    "failed_at": iso(self._failed_at) if self._failed_at else None,
+                    "failed_at": rfc3339(self._failed_at) if self._failed_at else None,
                     "error": self._failure,
                 },
             }

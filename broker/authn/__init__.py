@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from broker.authn.authenticator import Authenticator, Presented
+from typing import TYPE_CHECKING
+
+from broker.authn.authenticator import Presented, SvidAuthenticator
 from broker.authn.jwt_svid import JwtSvidVerifier
 from broker.authn.x509 import X509SvidVerifier
-from broker.config.settings import Settings
-from broker.typing import Clock, IdentitySource
+from broker.typing import Authenticator, Clock, IdentitySource
 
-__all__ = ["Authenticator", "Presented", "create_authenticator"]
+if TYPE_CHECKING:
+    from broker.config.settings import Settings
+
+__all__ = ["Presented", "SvidAuthenticator", "create_authenticator"]
 
 
 def create_authenticator(settings: Settings, source: IdentitySource, clock: Clock) -> Authenticator:
     """Build the authenticator the configuration describes."""
     trusted = settings.trusted_domains
-    return Authenticator(
+    return SvidAuthenticator(
         X509SvidVerifier(source, trusted, clock),
         JwtSvidVerifier(source, settings.authentication.jwt_svid, trusted, clock),
         settings.authentication.trusted_proxies,

@@ -29,7 +29,7 @@ from broker.errors import Unauthenticated
 from broker.identity.material import spiffe_id_of
 from broker.jose import JoseError, unverified_claims
 
-__all__ = ["Authenticator", "Presented", "parse_xfcc", "presented_identity"]
+__all__ = ["Presented", "SvidAuthenticator", "parse_xfcc", "presented_identity"]
 
 _MAX_XFCC_BYTES = 32 * 1024
 
@@ -54,8 +54,8 @@ class Presented:
         return bool(self.peer_chain or self.authorization)
 
 
-class Authenticator:
-    """Authenticates agents by X.509-SVID (mTLS, or via a trusted proxy) or JWT-SVID."""
+class SvidAuthenticator:
+    """The `Authenticator`: agents by X.509-SVID (mTLS, or via a trusted proxy) or JWT-SVID."""
 
     def __init__(
         self,
@@ -74,10 +74,13 @@ class Authenticator:
         self._jwt = jwt_verifier
         self._proxies = trusted_proxies
 
-    @property
-    def jwt_verifier(self) -> JwtSvidVerifier:
-        """The JWT-SVID verifier (token exchange checks `actor_token` with it)."""
-        return self._jwt
+    def verify_jwt_svid(self, token: str) -> Caller:
+        """Verify a JWT-SVID on its own (an exchange's `actor_token`).
+
+        Raises:
+            Unauthenticated: It does not verify.
+        """
+        return self._jwt.verify(token)
 
     def authenticate(self, presented: Presented) -> Caller:
         """Authenticate a request.

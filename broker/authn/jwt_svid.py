@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from broker.config.settings import JwtSvidSettings
+from broker.authn.config import JwtSvidSettings
 from broker.domain import AuthMethod, Caller
 from broker.errors import Unauthenticated
 from broker.identity.material import IdentityError

@@ -12,9 +12,10 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from broker.audit.chain import verify_files
 from broker.clock import SystemClock
-from broker.config.settings import ISSUER_ALGORITHMS, load_settings
+from broker.config.settings import load_settings
+from broker.constants import ISSUER_ALGORITHMS
 from broker.errors import ConfigError
-from broker.issuers.keys import add_key
+from broker.issuers.jwt.keys import add_key
 from broker.policy.loader import load_policy
 
 __all__ = ["add_commands"]

@@ -1,5 +1,5 @@
-"""Configuration: YAML loaded once into frozen, validated settings."""
+"""Configuration: YAML loaded once into frozen, validated settings (`broker.config.settings`).
 
-from broker.config.settings import Settings, load_settings
-
-__all__ = ["Settings", "load_settings"]
+Each adapter parses its own section in its own `config.py` with the `Reader` here; this
+package imports none of them, so any adapter can import the reader without a cycle.
+"""

@@ -11,10 +11,12 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
 from broker.errors import ConfigError
+from broker.spiffe_id import parse_spiffe_id, parse_trust_domain
 
 __all__ = ["Reader", "load_yaml_mapping"]
 
@@ -251,6 +253,41 @@ class Reader:
         """Read a file path that may be absent."""
         self._seen.add(name)
         return self.path(name) if self.has(name) else None
+
+    def url(self, name: str, *, https_only: bool = True) -> str:
+        """Read an absolute `https` (or, when allowed, `http`) URL."""
+        value = self.string(name, max_length=2048)
+        parsed = urlsplit(value)
+        schemes = ("https",) if https_only else ("https", "http")
+        if parsed.scheme not in schemes or not parsed.netloc:
+            raise self.error(name, f"must be an absolute {' or '.join(schemes)} URL")
+        return value
+
+    def trust_domain(self, name: str) -> str:
+        """Read a SPIFFE trust domain name."""
+        value = self.string(name)
+        try:
+            return parse_trust_domain(value).name
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+
+    def spiffe_id(self, name: str) -> str:
+        """Read a SPIFFE ID."""
+        value = self.string(name)
+        try:
+            return str(parse_spiffe_id(value))
+        except ValueError as exc:
+            raise self.error(name, str(exc)) from None
+
+    def spiffe_ids(self, name: str) -> tuple[str, ...]:
+        """Read a list of SPIFFE IDs (absent: none)."""
+        out = []
+        for index, value in enumerate(self.strings(name, ())):
+            try:
+                out.append(str(parse_spiffe_id(value)))
+            except ValueError as exc:
+                raise self.error(f"{name}[{index}]", str(exc)) from None
+        return tuple(out)
 
     def finish(self) -> None:
         """Reject keys that no one read: they are typos or unsupported options."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from broker.config.settings import UserTokenIssuer
+from broker.constants import MAX_TOKEN_BYTES
+from broker.context.config import UserTokenIssuer
 from broker.context.jwks import FileKeySet, KeySet, UrlKeySet
 from broker.domain import UserContext
 from broker.errors import Unavailable
@@ -99,7 +100,7 @@ class UserTokenVerifier:
             UserTokenRejected: The token is not acceptable (a 403 with a reason).
             Unavailable: The issuer's keys cannot be obtained (503).
         """
-        if not token or len(token) > 16 * 1024:
+        if not token or len(token) > MAX_TOKEN_BYTES:
             raise UserTokenRejected("user_token_invalid", "user token is empty or too large")
         try:
             header = unverified_header(

@@ -47,7 +47,7 @@ from broker.dev.pki import (
 from broker.errors import ConfigError
 from broker.fileio import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
 from broker.identity.material import spiffe_id_of
-from broker.issuers.keys import add_key
+from broker.issuers.jwt.keys import add_key
 from broker.jose import public_jwk
 from broker.spiffe_id import parse_trust_domain
 from broker.typing import Clock

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from broker.config.settings import Settings
+from typing import TYPE_CHECKING
+
 from broker.identity.files import FilesIdentitySource
 from broker.identity.material import IdentityError, IdentitySnapshot, ServingSvid, TrustBundle
 from broker.identity.workload_api import WorkloadApiIdentitySource
 from broker.typing import Clock, IdentitySource
+
+if TYPE_CHECKING:
+    from broker.config.settings import Settings
 
 __all__ = [
     "IdentityError",

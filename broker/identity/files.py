@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from broker.config.settings import Settings
 from broker.identity.bundles import parse_jwt_bundles, parse_pem_certificates
 from broker.identity.material import (
     IdentityError,
@@ -24,6 +24,9 @@ from broker.identity.material import (
 )
 from broker.tasks import stop_task
 from broker.typing import Clock, SnapshotListener
+
+if TYPE_CHECKING:
+    from broker.config.settings import Settings
 
 __all__ = ["FilesIdentitySource"]
 

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
 )
 
+from broker.errors import Unavailable
 from broker.spiffe_id import parse_spiffe_id
 
 __all__ = [
@@ -36,8 +37,16 @@ __all__ = [
 PublicKey = CertificatePublicKeyTypes
 
 
-class IdentityError(Exception):
-    """Identity material is missing, unreadable or invalid."""
+class IdentityError(Unavailable):
+    """Identity material is missing, unreadable or invalid.
+
+    An `Unavailable`: a request that needs the broker's identity (or a trust bundle) and
+    cannot have it gets a 503, like for any other backend.
+    """
+
+    def __init__(self, detail: str) -> None:
+        """Create the error (its message names the file or endpoint, never key material)."""
+        super().__init__(detail, reason="identity_unavailable")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from spiffe import JwtSource, SpiffeId, WorkloadApiClient, X509Source, X509Svid
 from spiffe.errors import PySpiffeError
 
-from broker.config.settings import Settings, WorkloadApiSettings
+from broker.identity.config import WorkloadApiSettings
 from broker.identity.material import (
     IdentityError,
     IdentitySnapshot,
@@ -30,6 +30,9 @@ from broker.identity.material import (
 )
 from broker.tasks import stop_task
 from broker.typing import Clock, SnapshotListener
+
+if TYPE_CHECKING:
+    from broker.config.settings import Settings
 
 __all__ = ["WorkloadApiIdentitySource"]
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from broker.config.settings import MAX_CREDENTIAL_TTL
-from broker.domain import Decision, LimitCheck, RequestContext, ToolGrant
+from broker.constants import MAX_CREDENTIAL_TTL
+from broker.domain import Decision, RequestContext, ToolGrant
 from broker.policy.model import Effect, Mode, Policy, Rule
 
 __all__ = ["PolicyEngine", "grant_ttl"]
@@ -125,15 +125,14 @@ class PolicyEngine:
             policy_version=policy.version,
             ttl_granted=ttl,
             tools=tuple(grants),
-            limits=_limits(ctx, grants, rules),
             shadow=tuple(shadow),
         )
 
     def deny(
         self,
         decision_id: str,
-        reasons: tuple[str, ...],
-        messages: tuple[str, ...],
+        reasons: Sequence[str],
+        messages: Sequence[str],
         *,
         tools: tuple[ToolGrant, ...] = (),
         shadow: tuple[str, ...] = (),
@@ -146,8 +145,8 @@ class PolicyEngine:
             policy_version=self.policy.version,
             ttl_granted=0,
             tools=tools,
-            reasons=reasons,
-            messages=messages,
+            reasons=tuple(reasons),
+            messages=tuple(messages),
             shadow=shadow,
         )
 
@@ -270,6 +269,7 @@ class PolicyEngine:
                 rule_id=rule.id,
                 max_ttl=self._cap(rule, tool),
                 scopes=granted_scopes,
+                limits=rule.limits,
             )
         if not failures:
             failures.append(
@@ -293,27 +293,3 @@ def _denied(tool: str, denials: Iterable[_Denial]) -> ToolGrant:
         reasons=tuple(dict.fromkeys(d.code for d in items)),
         messages=tuple(dict.fromkeys(d.message for d in items)),
     )
-
-
-def _limits(
-    ctx: RequestContext, grants: list[ToolGrant], rules: list[Rule]
-) -> tuple[LimitCheck, ...]:
-    by_id = {r.id: r for r in rules}
-    user = f"{ctx.user.issuer}#{ctx.user.subject}" if ctx.user else "-"
-    checks: dict[str, LimitCheck] = {}
-    for grant in grants:
-        rule = by_id[grant.rule_id] if grant.rule_id else None
-        for limit in rule.limits if rule else ():
-            values = {"agent": ctx.caller.spiffe_id, "user": user, "tool": grant.tool}
-            bound = "|".join(f"{name}={values[name]}" for name in limit.per)
-            key = f"{rule.id}|{limit.kind}|{limit.window_seconds}|{bound}"  # type: ignore[union-attr]
-            existing = checks.get(key)
-            checks[key] = LimitCheck(
-                rule_id=rule.id,  # type: ignore[union-attr]
-                kind=limit.kind,
-                key=key,
-                limit=limit.limit,
-                window_seconds=limit.window_seconds,
-                cost=(existing.cost + 1) if existing else 1,
-            )
-    return tuple(checks.values())

@@ -9,7 +9,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from broker.config.reader import Reader, load_yaml_mapping
-from broker.config.settings import MAX_CREDENTIAL_TTL, TOOL_NAME_PATTERN
+from broker.constants import MAX_CREDENTIAL_TTL, TOOL_NAME_PATTERN
 from broker.policy.model import (
     WEEKDAYS,
     AgentPattern,

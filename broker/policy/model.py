@@ -7,6 +7,8 @@ from datetime import datetime, time
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from broker.domain import Limit
+
 __all__ = [
     "AgentPattern",
     "Effect",
@@ -61,23 +63,6 @@ class UserCondition:
     tiers: frozenset[str] | None = None
     groups_any: frozenset[str] | None = None
     groups_all: frozenset[str] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    """A rate limit (sliding window) or a budget (fixed window), counted per key.
-
-    Attributes:
-        kind: `rate` (any `window_seconds` span) or `budget` (calendar-aligned windows).
-        per: Which request attributes form the counter key (`agent`, `user`, `tool`).
-        limit: How many credentials the key may get per window.
-        window_seconds: The window length.
-    """
-
-    kind: str
-    per: tuple[str, ...]
-    limit: int
-    window_seconds: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
-"""The live policy: loaded at start-up, reloaded on file change or SIGHUP, validated first.
+"""The rule engine as the broker's `PolicyDecider`: the policy file, reloaded when it changes.
 
-A reload that fails validation keeps the running policy and logs why; the broker never
-runs without a valid policy and never half-applies one.
+Loaded at start-up, reloaded on file change or SIGHUP, validated first: a reload that
+fails validation keeps the running policy and logs why; the broker never runs without a
+valid policy and never half-applies one.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from broker.policy.engine import PolicyEngine
 from broker.policy.loader import load_policy
 from broker.policy.model import Policy
 from broker.tasks import stop_task
+from broker.typing import Clock
 
 __all__ = ["ReloadingPolicy"]
 
 log = structlog.get_logger(__name__)
 
+NO_POLICY = Policy(id="none", declared_version="0", content_hash="0" * 64, rules=())
+
 
 class ReloadingPolicy:
-    """A `PolicyEngine` whose policy follows its file."""
+    """A `PolicyDecider`: the rule engine over the policy file, following the file."""
 
     def __init__(
         self,
@@ -33,6 +37,7 @@ class ReloadingPolicy:
         *,
         known_tools: frozenset[str],
         tool_scopes: Mapping[str, Sequence[str]],
+        clock: Clock,
         watch_seconds: float = 2.0,
     ) -> None:
         """Load the policy.
@@ -43,11 +48,12 @@ class ReloadingPolicy:
         self._path = path
         self._known = known_tools
         self._scopes = dict(tool_scopes)
+        self._clock = clock
         self._watch_seconds = watch_seconds
         self._stamp = self._stat()
         if path is None:
             log.warning("no policy configured: every request is denied")
-            policy = Policy(id="none", declared_version="0", content_hash="0" * 64, rules=())
+            policy = NO_POLICY
         else:
             policy = load_policy(path, known_tools=known_tools)
         self._engine = PolicyEngine(policy, self._scopes)
@@ -61,13 +67,17 @@ class ReloadingPolicy:
         return self._engine.policy
 
     @property
-    def engine(self) -> PolicyEngine:
-        """The running engine."""
-        return self._engine
+    def version(self) -> tuple[str, str]:
+        """The running policy's id and version."""
+        return self.policy.id, self.policy.version
 
-    def decide(self, ctx: RequestContext, decision_id: str) -> Decision:
-        """Decide with the running policy."""
+    async def decide(self, ctx: RequestContext, decision_id: str) -> Decision:
+        """Decide with the running policy (in memory: no I/O, never raises)."""
         return self._engine.decide(ctx, decision_id)
+
+    def deny(self, decision_id: str, reasons: Sequence[str], messages: Sequence[str]) -> Decision:
+        """A denial under the running policy."""
+        return self._engine.deny(decision_id, reasons, messages)
 
     def _stat(self) -> tuple[int, int] | None:
         if self._path is None:
@@ -112,7 +122,7 @@ class ReloadingPolicy:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self._watch_seconds)
+            await self._clock.sleep(self._watch_seconds)
             if self._stat() != self._stamp:
                 await asyncio.to_thread(self.reload)
 

@@ -1,23 +1,45 @@
-"""Shared, self-expiring state: embedded SQLite for one process, Redis for replicas."""
+"""Shared, self-expiring state: embedded SQLite for one process, Redis for replicas.
+
+To add a store: a sibling package with a `config.py` (its keys of the `state:` section),
+the store (implementing `broker.typing.StateStore`, every backend error raised as
+`Unavailable`), and a `FACTORY` registered below; then add it to the contract suite in
+`tests/contracts/test_state_store.py`.
+"""
 
 from __future__ import annotations
 
-from broker.config.settings import Settings
+from typing import Protocol
+
+from broker.config.reader import Reader
+from broker.registry import Registry
+from broker.state import redis, sqlite
 from broker.state.base import CredentialRecord, LimitResult
-from broker.state.redis import RedisStateStore
-from broker.state.sqlite import SqliteStateStore
 from broker.typing import Clock, StateStore
 
-__all__ = ["CredentialRecord", "LimitResult", "create_state_store"]
+__all__ = ["STATE_STORES", "CredentialRecord", "LimitResult", "StateStoreFactory"]
 
 
-def create_state_store(settings: Settings, clock: Clock) -> StateStore:
-    """Build the store the configuration names."""
-    state = settings.state
-    if state.backend == "redis":
-        assert state.url is not None  # guaranteed by the settings loader
-        return RedisStateStore(
-            state.url, clock, prefix=state.key_prefix, password_file=state.password_file
-        )
-    assert state.path is not None
-    return SqliteStateStore(state.path, clock)
+class StateStoreFactory(Protocol):
+    """Parses a store's keys of the `state:` section and builds the store."""
+
+    @property
+    def kind(self) -> str:
+        """The `state.backend` value that selects this store."""
+        ...
+
+    def parse(self, reader: Reader) -> object:
+        """Read this store's keys (the common keys are read by the caller).
+
+        Raises:
+            ConfigError: Naming the file and the key.
+        """
+        ...
+
+    def build(self, settings: object, clock: Clock) -> StateStore:
+        """Build the store from what `parse` returned (nothing is opened yet)."""
+        ...
+
+
+STATE_STORES: Registry[StateStoreFactory] = Registry("state store")
+STATE_STORES.register(sqlite.FACTORY)
+STATE_STORES.register(redis.FACTORY)

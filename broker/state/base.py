@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
-__all__ = ["CredentialRecord", "LimitResult", "credential_from_json", "credential_to_json"]
+from broker.domain import LimitCheck, UserRef
+
+__all__ = [
+    "CredentialRecord",
+    "LimitResult",
+    "budget_key",
+    "credential_from_json",
+    "credential_to_json",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +26,7 @@ class CredentialRecord:
         tool: The tool.
         type: `jwt` or `vault`.
         agent: The owner agent's SPIFFE ID.
-        user: `issuer#subject` of the user it was issued for, if any.
+        user: The user it was issued for, if any.
         decision_id: The decision that allowed it.
         issued_at: Epoch seconds.
         expires_at: Epoch seconds.
@@ -33,7 +42,7 @@ class CredentialRecord:
     tool: str
     type: str
     agent: str
-    user: str | None
+    user: UserRef | None
     decision_id: str
     issued_at: float
     expires_at: float
@@ -54,6 +63,8 @@ def credential_from_json(text: str | bytes) -> CredentialRecord:
     """Deserialise a record."""
     data = json.loads(text)
     data["user_groups"] = tuple(data.get("user_groups") or ())
+    user = data.get("user")
+    data["user"] = UserRef(user["issuer"], user["subject"]) if user else None
     return CredentialRecord(**data)
 
 
@@ -72,3 +83,9 @@ class LimitResult:
     key: str | None = None
     kind: str | None = None
     retry_after: int = 0
+
+
+def budget_key(check: LimitCheck, now: float) -> tuple[str, float]:
+    """The counter key of a fixed-window budget at `now`, and when that window ends."""
+    index = math.floor(now / check.window_seconds)
+    return f"{check.key}|{index}", (index + 1) * check.window_seconds

@@ -29,13 +29,13 @@ from hvac import exceptions as vault_errors
 from requests.adapters import HTTPAdapter
 
 from broker.blocking import DaemonExecutor
-from broker.config.settings import VaultSettings
 from broker.errors import Unavailable
 from broker.identity.material import IdentityError, IdentitySnapshot
 from broker.identity.tls import load_cert_chain
 from broker.tasks import stop_task
 from broker.typing import Clock, IdentitySource
 from broker.vault.breaker import CircuitBreaker
+from broker.vault.config import VaultAuth, VaultSettings
 
 __all__ = ["VaultClient", "VaultRefused"]
 
@@ -107,7 +107,7 @@ class VaultClient:
 
     async def start(self) -> None:
         """Log in (an unreachable Vault only delays it) and keep the login fresh."""
-        if self._settings.auth_method == "token":
+        if self._settings.auth_method is VaultAuth.TOKEN:
             log.warning(
                 "Vault auth method 'token' (a static token) is for development only: "
                 "use 'cert' or 'jwt' so the broker authenticates with its SPIFFE identity"
@@ -128,12 +128,12 @@ class VaultClient:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _on_rotation(self, _snapshot: IdentitySnapshot) -> None:
-        if self._settings.auth_method in {"cert", "jwt"}:
+        if self._settings.auth_method is not VaultAuth.TOKEN:
             self._relogin_due = True
 
     async def _maintain(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await self._clock.sleep(1.0)
             if (
                 self._relogin_due
                 or (self._client is not None and self._clock.time() >= self._relogin_at)
@@ -171,9 +171,9 @@ class VaultClient:
         settings = self._settings
         client = self._new_client(snapshot)
         path = f"/v1/auth/{settings.auth_mount}/login"
-        if settings.auth_method == "cert":
+        if settings.auth_method is VaultAuth.CERT:
             response = client.adapter.login(path, json={"name": settings.auth_role})
-        elif settings.auth_method == "jwt":
+        elif settings.auth_method is VaultAuth.JWT:
             response = client.adapter.login(
                 path, json={"role": settings.auth_role, "jwt": jwt_svid}
             )
@@ -186,9 +186,11 @@ class VaultClient:
 
     async def _login(self) -> None:
         async with self._login_lock:
-            snapshot = self._identity.snapshot() if self._settings.auth_method == "cert" else None
+            snapshot = (
+                self._identity.snapshot() if self._settings.auth_method is VaultAuth.CERT else None
+            )
             jwt_svid = None
-            if self._settings.auth_method == "jwt":
+            if self._settings.auth_method is VaultAuth.JWT:
                 try:
                     jwt_svid = await self._identity.fetch_jwt_svid(self._settings.jwt_audience)
                 except IdentityError as exc:

@@ -13,7 +13,7 @@ import asyncio
 import structlog
 
 from broker.errors import Unavailable
-from broker.lifecycle import release_at_issuer
+from broker.lifecycle.release import release_at_issuer
 from broker.tasks import stop_task
 from broker.typing import Clock, Issuer, StateStore
 
@@ -57,7 +57,7 @@ class LeaseReconciler:
         async def loop() -> None:
             while True:
                 await self.run_once()
-                await asyncio.sleep(self._interval)
+                await self._clock.sleep(self._interval)
 
         self._task = asyncio.create_task(loop(), name="lease-reconciler")
 

@@ -6,12 +6,24 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from broker.config.settings import MAX_BODY_BYTES, Settings
+from broker.config.settings import Settings
+from broker.constants import MAX_BODY_BYTES
 from broker.runtime import open_runtime
 from broker.typing import Clock
+from broker.web.discovery import Discovery
 from broker.web.handlers import credentials, health, oauth, revocation, wellknown, whoami
-from broker.web.keys import RUNTIME
+from broker.web.keys import (
+    CATALOGUE,
+    DISCOVERY,
+    INTROSPECTION,
+    PIPELINE,
+    PROBES,
+    REVOCATION,
+    RUNTIME,
+    XFCC_HEADER,
+)
 from broker.web.middleware import middlewares
+from broker.web.probes import Probes
 
 __all__ = ["create_app"]
 
@@ -28,6 +40,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     async def runtime_context(app: web.Application) -> AsyncIterator[None]:
         async with open_runtime(settings, clock) as runtime:
             app[RUNTIME] = runtime
+            app[PIPELINE] = runtime.pipeline
+            app[INTROSPECTION] = runtime.introspection
+            app[REVOCATION] = runtime.revocation
+            app[CATALOGUE] = runtime.catalogue
+            app[DISCOVERY] = Discovery(runtime.tokens, settings.default_issuer)
+            app[PROBES] = Probes(runtime.readiness, runtime.metrics)
+            app[XFCC_HEADER] = settings.authentication.forwarded_client_cert_header
             yield
 
     app.cleanup_ctx.append(runtime_context)

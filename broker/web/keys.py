@@ -1,14 +1,40 @@
-"""Typed keys for application and request state."""
+"""Typed keys for application and request state.
+
+Handlers read only the service they need (`PIPELINE`, `REVOCATION`, ...), never the whole
+runtime; `RUNTIME` is for the server's own wiring (TLS context, signals) and for tests.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from broker.domain import Caller
-from broker.runtime import Runtime
+from broker.lifecycle import Introspection, Revocation
+from broker.pipeline import Pipeline
+from broker.runtime import Runtime, ToolCatalogue
+from broker.web.discovery import Discovery
+from broker.web.probes import Probes
 
-__all__ = ["CALLER", "REQUEST_ID", "RUNTIME"]
+__all__ = [
+    "CALLER",
+    "CATALOGUE",
+    "DISCOVERY",
+    "INTROSPECTION",
+    "PIPELINE",
+    "PROBES",
+    "REQUEST_ID",
+    "REVOCATION",
+    "RUNTIME",
+    "XFCC_HEADER",
+]
 
 RUNTIME = web.AppKey("runtime", Runtime)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+INTROSPECTION = web.AppKey("introspection", Introspection)
+REVOCATION = web.AppKey("revocation", Revocation)
+CATALOGUE = web.AppKey("catalogue", ToolCatalogue)
+DISCOVERY = web.AppKey("discovery", Discovery)
+PROBES = web.AppKey("probes", Probes)
+XFCC_HEADER = web.AppKey("xfcc_header", str)
 CALLER = web.RequestKey("caller", Caller)
 REQUEST_ID = web.RequestKey("request_id", str)

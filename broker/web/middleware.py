@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from broker.authn import Presented
-from broker.config.settings import MAX_BODY_BYTES
+from broker.constants import MAX_BODY_BYTES
 from broker.domain import Caller
 from broker.errors import (
     BadRequest,
@@ -24,7 +24,7 @@ from broker.errors import (
     UnsupportedMediaType,
 )
 from broker.identity.tls import peer_chain
-from broker.web.keys import CALLER, REQUEST_ID, RUNTIME
+from broker.web.keys import CALLER, PIPELINE, PROBES, REQUEST_ID, XFCC_HEADER
 from broker.web.problem import oauth_error_response, problem_response
 
 __all__ = ["middlewares"]
@@ -64,11 +64,11 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             ms=round(elapsed * 1000, 2),
             caller=caller.spiffe_id if caller else None,
         )
-        runtime = request.app.get(RUNTIME)
-        if runtime is not None:
+        probes = request.app.get(PROBES)
+        if probes is not None:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
-            runtime.metrics.request(route, request.method, status, elapsed)
+            probes.metrics.request(route, request.method, status, elapsed)
         structlog.contextvars.clear_contextvars()
     response.headers["X-Request-Id"] = request_id
     return response
@@ -143,15 +143,12 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 
 def presented(request: web.Request) -> Presented:
     """What identity material the request carried."""
-    runtime = request.app[RUNTIME]
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     return Presented(
         peer_chain=peer_chain(ssl_object),
         authorization=request.headers.get("Authorization"),
-        forwarded_client_cert=request.headers.get(
-            runtime.settings.authentication.forwarded_client_cert_header
-        ),
+        forwarded_client_cert=request.headers.get(request.app[XFCC_HEADER]),
     )
 
 
@@ -159,8 +156,7 @@ def presented(request: web.Request) -> Presented:
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every `/v1/` endpoint requires an authenticated caller."""
     if request.path.startswith("/v1/"):
-        runtime = request.app[RUNTIME]
-        request[CALLER] = await runtime.pipeline.authenticate(
+        request[CALLER] = await request.app[PIPELINE].authenticate(
             presented(request), request_id=request[REQUEST_ID], remote=request.remote
         )
     return await handler(request)

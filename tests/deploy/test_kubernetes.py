@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from broker.config.settings import load_settings
+from broker.issuers.jwt.config import JwtIssuerSettings
 from broker.policy.loader import load_policy
 from broker.spiffe_id import parse_spiffe_id
 
@@ -123,8 +124,9 @@ def test_rendered_config_and_policy_load_in_the_broker(variant: str, tmp_path: P
     settings = load_settings(path)
     assert settings.spiffe_id == "spiffe://example.org/ns/brokers/sa/credential-broker"
     assert settings.identity.source == "workload_api"
-    assert settings.jwt_issuer is not None
-    assert settings.jwt_issuer.auto_rotate is False  # replicas share keys from a Secret
+    jwt_issuer = settings.issuers["jwt"]
+    assert isinstance(jwt_issuer, JwtIssuerSettings)
+    assert jwt_issuer.auto_rotate is False  # replicas share keys from a Secret
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_map["data"]["policy.yaml"])
     load_policy(policy, known_tools=frozenset(t.name for t in settings.tools))

@@ -61,7 +61,7 @@ async def test_claims_agent_gets_a_token_that_verifies_with_the_published_jwks(
         jwt.PyJWK(key).key,
         algorithms=["EdDSA"],
         audience="https://customer-data.example.org",
-        issuer=broker.settings.issuer_url,
+        issuer=broker.settings.default_issuer,
     )
     assert claims["sub"] == "alice"
     assert claims["act"] == {"sub": "spiffe://example.org/agent/claims"}
@@ -329,7 +329,7 @@ async def test_discovery_documents(broker: DevBroker) -> None:
     """openid-configuration names the issuer and the OAuth endpoints; both answer without auth."""
     anonymous = broker.agent(None)
     config = (await anonymous.request("GET", "/.well-known/openid-configuration")).body
-    issuer = broker.settings.issuer_url
+    issuer = broker.settings.default_issuer
     assert config["issuer"] == issuer
     assert config["jwks_uri"] == f"{issuer}/.well-known/jwks.json"
     assert config["token_endpoint"] == f"{issuer}/v1/token"

@@ -76,7 +76,11 @@ async def test_introspection_never_reveals_to_others_or_garbage(broker: DevBroke
     """Another agent, a garbage token, a forged one: {"active": false} and nothing else."""
     credential = await issue(broker)
     forged = jwt.encode(
-        {"iss": broker.settings.issuer_url, "jti": credential["credential_id"], "exp": 4102444800},
+        {
+            "iss": broker.settings.default_issuer,
+            "jti": credential["credential_id"],
+            "exp": 4102444800,
+        },
         "k" * 32,
         algorithm="HS256",
     )

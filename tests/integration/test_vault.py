@@ -433,7 +433,7 @@ async def _no_pending(state: Any) -> bool:
 
 async def test_relogin_after_svid_rotation_uses_the_new_svid(broker: VaultBroker) -> None:
     """Rotating the broker's SVID makes it log in to Vault again, with the new certificate."""
-    vault = broker.running.runtime.vault
+    vault = broker.running.runtime.issuers["vault"]._vault
     assert vault is not None
     logins = vault.logins
     rotated = broker_svid(broker.env.td)

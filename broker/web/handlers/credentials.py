@@ -7,11 +7,13 @@ import re
 
 from aiohttp import web
 
-from broker.config.settings import TOOL_NAME_PATTERN
+from broker.clock import rfc3339
+from broker.constants import MAX_TOKEN_BYTES, TOOL_NAME_PATTERN
+from broker.context.requests import CredentialRequest
 from broker.domain import Credential, Secret
 from broker.errors import BadRequest
-from broker.pipeline import CredentialRequest, Issued
-from broker.web.keys import REQUEST_ID, RUNTIME
+from broker.pipeline import Issued
+from broker.web.keys import CATALOGUE, PIPELINE, REQUEST_ID
 from broker.web.middleware import caller_of
 from broker.web.problem import json_response
 
@@ -19,7 +21,6 @@ __all__ = ["parse_credential_request", "post_credentials", "read_json_object"]
 
 MAX_TOOLS = 16
 MAX_TTL_INPUT = 10**9
-MAX_USER_TOKEN = 16 * 1024
 FIELDS = {"tools", "ttl_seconds", "user_token", "session_id", "reason"}
 
 
@@ -112,7 +113,7 @@ def parse_credential_request(
     if isinstance(ttl, int) and ttl > MAX_TTL_INPUT:
         raise BadRequest(f"'ttl_seconds' must be at most {MAX_TTL_INPUT}")
 
-    user_token = _optional_text(body, "user_token", MAX_USER_TOKEN)
+    user_token = _optional_text(body, "user_token", MAX_TOKEN_BYTES)
     if user_token is not None and not user_token.strip():
         raise BadRequest("'user_token' must not be empty")
     return CredentialRequest(
@@ -131,7 +132,7 @@ def _credential_json(credential: Credential) -> dict[str, object]:
     if credential.data:
         body["data"] = {name: value.reveal() for name, value in credential.data}
     body["credential_id"] = credential.credential_id
-    body["expires_at"] = credential.expires_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+    body["expires_at"] = rfc3339(credential.expires_at)
     return body
 
 
@@ -146,10 +147,9 @@ def issued_json(issued: Issued) -> dict[str, object]:
 
 async def post_credentials(request: web.Request) -> web.Response:
     """Issue per-execution credentials for the authenticated agent."""
-    runtime = request.app[RUNTIME]
     body = await read_json_object(request)
-    parsed = parse_credential_request(body, frozenset(t.name for t in runtime.settings.tools))
-    issued = await runtime.pipeline.issue(
+    parsed = parse_credential_request(body, request.app[CATALOGUE].names)
+    issued = await request.app[PIPELINE].issue(
         caller_of(request), parsed, request_id=request[REQUEST_ID], remote=request.remote
     )
     return json_response(issued_json(issued), status=201)

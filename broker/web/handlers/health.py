@@ -6,7 +6,7 @@ from aiohttp import web
 
 from broker.errors import Unavailable
 from broker.metrics import CONTENT_TYPE
-from broker.web.keys import RUNTIME
+from broker.web.keys import PROBES
 from broker.web.problem import json_response
 
 __all__ = ["healthz", "metrics", "readyz"]
@@ -23,7 +23,7 @@ async def readyz(request: web.Request) -> web.Response:
     Raises:
         Unavailable: Some dependency is not ready; `checks` says which.
     """
-    checks = await request.app[RUNTIME].readiness()
+    checks = await request.app[PROBES].readiness()
     if not all(checks.values()):
         failing = ", ".join(name for name, ok in checks.items() if not ok)
         raise Unavailable(f"not ready: {failing}", retry_after=1, extra={"checks": checks})
@@ -32,5 +32,5 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics (no authentication: Prometheus scrapes them)."""
-    body = request.app[RUNTIME].metrics.exposition()
+    body = request.app[PROBES].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.constants import MAX_TOKEN_BYTES
+from broker.context.requests import ExchangeRequest
 from broker.domain import Secret
 from broker.errors import OAuthError, PolicyDenied
-from broker.pipeline import ExchangeRequest
-from broker.web.keys import REQUEST_ID, RUNTIME
+from broker.web.keys import CATALOGUE, INTROSPECTION, PIPELINE, REQUEST_ID
 from broker.web.middleware import caller_of
 from broker.web.problem import json_response
 
@@ -23,7 +24,6 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S10
 SUBJECT_TYPES = frozenset(
     {JWT_TYPE, ACCESS_TOKEN_TYPE, "urn:ietf:params:oauth:token-type:id_token"}
 )
-MAX_TOKEN = 16 * 1024
 
 
 async def read_form(request: web.Request) -> dict[str, str]:
@@ -51,28 +51,27 @@ def _required(form: dict[str, str], name: str) -> str:
     value = form.get(name, "")
     if not value:
         raise OAuthError("invalid_request", f"'{name}' is required")
-    if len(value) > MAX_TOKEN:
+    if len(value) > MAX_TOKEN_BYTES:
         raise OAuthError("invalid_request", f"'{name}' is too large")
     return value
 
 
 def _target(form: dict[str, str], request: web.Request) -> str:
     """The tool named by `resource` (its audience URI) and/or `audience` (name or URI)."""
-    tools = request.app[RUNTIME].settings.tools
+    catalogue = request.app[CATALOGUE]
     wanted = [v for v in (form.get("resource"), form.get("audience")) if v]
     if not wanted:
         raise OAuthError("invalid_request", "'resource' or 'audience' is required (the tool)")
     names: set[str] = set()
     for value in wanted:
-        match = next((t for t in tools if value in (t.name, t.audience)), None)
+        match = catalogue.find(value)
         if match is None:
             raise OAuthError("invalid_target", f"no tool is known as {value!r}")
         names.add(match.name)
     if len(names) != 1:
         raise OAuthError("invalid_target", "'resource' and 'audience' name different tools")
     name = names.pop()
-    tool = request.app[RUNTIME].settings.tool(name)
-    if tool is None or tool.type != "jwt":
+    if name not in catalogue.exchangeable:
         raise OAuthError("invalid_target", f"tool {name!r} does not issue tokens by exchange")
     return name
 
@@ -113,9 +112,8 @@ async def token(request: web.Request) -> web.Response:
         scopes=tuple(scope.split()) if scope else None,
         actor_token=Secret(actor) if actor else None,
     )
-    runtime = request.app[RUNTIME]
     try:
-        issued = await runtime.pipeline.exchange(
+        issued = await request.app[PIPELINE].exchange(
             caller_of(request), exchange, request_id=request[REQUEST_ID], remote=request.remote
         )
     except PolicyDenied as denied:
@@ -143,7 +141,5 @@ async def token(request: web.Request) -> web.Response:
 async def introspect(request: web.Request) -> web.Response:
     """RFC 7662 introspection (`{"active": false}` alone when not active or not yours)."""
     form = await read_form(request)
-    body = await request.app[RUNTIME].lifecycle.introspect(
-        caller_of(request), _required(form, "token")
-    )
+    body = await request.app[INTROSPECTION].introspect(caller_of(request), _required(form, "token"))
     return json_response(body)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.clock import rfc3339
 from broker.errors import BadRequest
 from broker.web.handlers.credentials import read_json_object
 from broker.web.handlers.oauth import read_form
-from broker.web.keys import REQUEST_ID, RUNTIME
+from broker.web.keys import REQUEST_ID, REVOCATION
 from broker.web.middleware import caller_of
 from broker.web.problem import json_response
 
@@ -26,24 +27,24 @@ def _only(body: dict[str, object], field: str) -> str:
 
 async def revoke(request: web.Request) -> web.Response:
     """Revoke one credential, named by `credential_id` (JSON or form) or `token` (RFC 7009)."""
-    runtime = request.app[RUNTIME]
+    revocation = request.app[REVOCATION]
     caller = caller_of(request)
     if request.content_type == "application/x-www-form-urlencoded":
         form = await read_form(request)
         token = form.get("token")
         if token:
-            claims = runtime.jwt_issuer.verify(token) if runtime.jwt_issuer is not None else None
-            if claims is None:
+            found = revocation.credential_id_of(token)
+            if found is None:
                 # RFC 7009 section 2.2: an invalid token is not an error for the client.
                 return json_response({"revoked": False})
-            credential_id = str(claims["jti"])
+            credential_id = found
         else:
             credential_id = _only(
                 {k: v for k, v in form.items() if k != "token_type_hint"}, "credential_id"
             )
     else:
         credential_id = _only(await read_json_object(request), "credential_id")
-    record = await runtime.lifecycle.revoke(
+    record = await revocation.revoke(
         caller, credential_id, request_id=request[REQUEST_ID], remote=request.remote
     )
     return json_response({"credential_id": record.credential_id, "revoked": True})
@@ -52,13 +53,13 @@ async def revoke(request: web.Request) -> web.Response:
 async def revoke_agent(request: web.Request) -> web.Response:
     """Revoke an agent: its next request is 401, its live credentials inactive."""
     spiffe_id = _only(await read_json_object(request), "spiffe_id")
-    result = await request.app[RUNTIME].lifecycle.revoke_agent(
+    result = await request.app[REVOCATION].revoke_agent(
         caller_of(request), spiffe_id, request_id=request[REQUEST_ID], remote=request.remote
     )
     return json_response(
         {
             "spiffe_id": result.spiffe_id,
-            "revoked_until": result.until.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "revoked_until": rfc3339(result.until),
             "credentials_revoked": len(result.credentials),
         }
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from broker.clock import rfc3339
 from broker.web.middleware import caller_of
 from broker.web.problem import json_response
 
@@ -17,7 +18,7 @@ async def whoami(request: web.Request) -> web.Response:
         "spiffe_id": caller.spiffe_id,
         "trust_domain": caller.trust_domain,
         "method": caller.method.value,
-        "svid_expires_at": caller.expires_at.isoformat().replace("+00:00", "Z"),
+        "svid_expires_at": rfc3339(caller.expires_at),
     }
     if caller.x509_sha256:
         body["x509_sha256"] = caller.x509_sha256

@@ -14,7 +14,7 @@ import jwt
 import pytest
 from aiohttp import web
 
-from broker.config.settings import UserTokenIssuer
+from broker.context.config import UserTokenIssuer
 from broker.context.jwks import UrlKeySet
 from broker.context.user_token import UserTokenRejected, UserTokenVerifier
 from broker.dev.pki import new_ec_key, new_ed25519_key

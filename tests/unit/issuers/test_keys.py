@@ -10,9 +10,9 @@ from pathlib import Path
 import jwt
 import pytest
 
-from broker.config.settings import JwtIssuerSettings
 from broker.errors import ConfigError
-from broker.issuers.keys import KeyRing, add_key
+from broker.issuers.jwt.config import JwtIssuerSettings
+from broker.issuers.jwt.keys import KeyRing, add_key
 from tests.support.clock import ManualClock
 
 LEEWAY = 60

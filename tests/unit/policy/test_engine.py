@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from broker.domain import AuthMethod, Caller, RequestContext, UserContext
+from broker.limits import limit_checks
 from broker.policy.engine import PolicyEngine
 from broker.policy.loader import load_policy
 
@@ -220,15 +221,16 @@ def test_scopes_come_from_the_tool_and_rules_only_narrow(tmp_path: Path) -> None
 
 
 def test_limits_are_keyed_by_the_declared_attributes(tmp_path: Path) -> None:
-    """A per-user limit on a two-tool request costs two under one key."""
+    """A per-user limit on a two-tool request costs two under one key (the limits step)."""
     limited = dict(
         CLAIMS,
         rate_limits=[{"per": ["user"], "limit": 5, "window_seconds": 60}],
         budgets=[{"per": ["agent", "tool"], "limit": 100, "period_seconds": 86400}],
     )
-    decision = engine(tmp_path, [limited]).decide(ctx(tools=("crm", "mail"), user=alice()), "d")
-    rate = [c for c in decision.limits if c.kind == "rate"]
-    budget = [c for c in decision.limits if c.kind == "budget"]
+    request = ctx(tools=("crm", "mail"), user=alice())
+    checks = limit_checks(request, engine(tmp_path, [limited]).decide(request, "d"))
+    rate = [c for c in checks if c.kind == "rate"]
+    budget = [c for c in checks if c.kind == "budget"]
     assert len(rate) == 1
     assert rate[0].cost == 2
     assert rate[0].key == "claims|rate|60|user=https://idp.example.org#alice"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import yaml
 from broker.errors import ConfigError
 from broker.policy.loader import load_policy
 from broker.policy.reloader import ReloadingPolicy
+from tests.support.broker import eventually
+from tests.support.clock import ManualClock
 
 VALID: dict[str, Any] = {
     "id": "p",
@@ -107,25 +110,29 @@ def _bump_mtime(path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
 
 
-async def test_reload_swaps_valid_policy_and_keeps_old_on_error(tmp_path: Path) -> None:
-    """A valid change is picked up by the watcher; an invalid one keeps the running policy."""
+async def test_reload_swaps_valid_policy_and_keeps_old_on_error(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A change is seen when the watcher's clock moves; an invalid one keeps the running policy."""
     path = write(tmp_path / "policy.yaml", VALID)
     live = ReloadingPolicy(
-        path, known_tools=frozenset({"crm", "mail"}), tool_scopes={}, watch_seconds=0.05
+        path, known_tools=frozenset({"crm", "mail"}), tool_scopes={}, clock=clock, watch_seconds=5
     )
     await live.start()
     try:
         first = live.policy.version
         write(path, {**VALID, "version": 2})
         _bump_mtime(path)
-        from tests.support.broker import eventually
-
+        await asyncio.sleep(0.2)
+        assert live.policy.version == first  # the watcher sleeps on the injected clock
+        clock.advance(5)
         await eventually(lambda: live.policy.declared_version == "2")
         second = live.policy.version
         assert second != first
 
         path.write_text("rules: [this is: not valid")
         _bump_mtime(path)
+        clock.advance(5)
         await eventually(lambda: live.last_error is not None)
         assert live.policy.version == second
         assert "not valid YAML" in str(live.last_error)

@@ -22,10 +22,10 @@ import hvac
 from hvac import exceptions as vault_errors
 
 from broker.audit import LeaseHasher
-from broker.config.settings import VaultToolSettings
 from broker.domain import Credential, Secret
 from broker.errors import BrokerError, Unavailable
 from broker.issuers.base import IssueRequest
+from broker.issuers.vault.config import VaultToolSettings
 from broker.state.base import CredentialRecord
 from broker.typing import Clock, StateStore
 from broker.vault.client import VaultClient
@@ -67,8 +67,8 @@ class VaultIssuer:
         Raises:
             Unavailable: Vault is down or refused; nothing is left behind.
         """
-        settings = request.tool.vault
-        assert settings is not None  # guaranteed by the settings loader
+        settings = request.tool.options
+        assert isinstance(settings, VaultToolSettings)  # parsed by this kind's factory
         if settings.kind == "dynamic":
             return await self._dynamic(request, settings)
         if settings.kind == "token":
@@ -82,7 +82,7 @@ class VaultIssuer:
             tool=request.tool.name,
             type=self.kind,
             agent=ctx.caller.spiffe_id,
-            user=f"{ctx.user.issuer}#{ctx.user.subject}" if ctx.user else None,
+            user=ctx.user.ref if ctx.user else None,
             decision_id=request.decision.decision_id,
             issued_at=ctx.now.timestamp(),
             expires_at=expires_at,
@@ -115,6 +115,7 @@ class VaultIssuer:
             expires_at=datetime.fromtimestamp(expires_at, UTC),
             data=tuple((k, Secret(str(v))) for k, v in data.items() if v is not None),
             audit_id=self._hash(credential_id),
+            lease_id=credential_id,
         )
 
     async def _dynamic(self, request: IssueRequest, settings: VaultToolSettings) -> Credential:
@@ -157,7 +158,7 @@ class VaultIssuer:
         ctx = request.ctx
         metadata = {
             "agent": ctx.caller.spiffe_id,
-            "user": f"{ctx.user.issuer}#{ctx.user.subject}" if ctx.user else "",
+            "user": str(ctx.user.ref) if ctx.user else "",
             "decision_id": request.decision.decision_id,
             "tool": request.tool.name,
         }
@@ -201,6 +202,10 @@ class VaultIssuer:
         expires = self._clock.time() + int(info.get("ttl") or request.ttl)
         await self._remember(request, accessor, expires)
         return self._credential(request, accessor, expires, {"wrapping_token": info["token"]})
+
+    def audit_id(self, credential_id: str) -> str:
+        """Lease ids and accessors are secrets to Vault: the audit trail keeps an HMAC."""
+        return self._hash(credential_id)
 
     async def revoke(self, credential_id: str) -> None:
         """Revoke a lease (ids with a path) or a token by its accessor; gone is fine.

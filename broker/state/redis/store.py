@@ -23,10 +23,10 @@ from broker.errors import Unavailable
 from broker.state.base import (
     CredentialRecord,
     LimitResult,
+    budget_key,
     credential_from_json,
     credential_to_json,
 )
-from broker.state.sqlite import budget_key
 from broker.typing import Clock
 
 __all__ = ["RedisStateStore"]
@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 LEASE_RETENTION_SECONDS = 7 * 86400
+POOL_WAIT_SECONDS = 10.0
 
 # ARGV: now, member, then per key: kind, limit, window, cost, expire_at (budgets)
 _CONSUME = """
@@ -121,13 +122,15 @@ class RedisStateStore:
             max_connections: Connections per broker process.
         """
         password = password_file.read_text().strip() if password_file else None
-        # A bounded pool that *waits* for a free connection (up to the timeout): the
-        # default pool raises at once when a burst exceeds it, which would become 503s.
+        # A bounded pool that *waits* for a free connection: the default pool raises at
+        # once when a burst exceeds it, which would become 503s. The wait is longer than
+        # a command's timeout: under a burst, queueing for a connection is load, not an
+        # outage (a dead server still fails each command within `timeout_seconds`).
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             password=password,
             max_connections=max_connections,
-            timeout=timeout_seconds,
+            timeout=max(timeout_seconds, POOL_WAIT_SECONDS),
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             health_check_interval=30,

@@ -20,9 +20,9 @@ from typing import TypeVar, cast
 import structlog
 
 from broker.blocking import DaemonExecutor
-from broker.domain import LimitCheck
+from broker.domain import LimitCheck, UserRef
 from broker.errors import Unavailable
-from broker.state.base import CredentialRecord, LimitResult
+from broker.state.base import CredentialRecord, LimitResult, budget_key
 from broker.tasks import stop_task
 from broker.typing import Clock
 
@@ -63,6 +63,22 @@ CREATE TABLE IF NOT EXISTS budgets (
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
+SCHEMA_VERSION = 1
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a file written by an older broker to `SCHEMA_VERSION`."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version < 1:
+        # v0 kept the user as the string `issuer#subject`; v1 keeps [issuer, subject].
+        db.execute(
+            "UPDATE credentials SET user = json_array("
+            "substr(user, 1, instr(user, '#') - 1), substr(user, instr(user, '#') + 1)) "
+            "WHERE user IS NOT NULL AND substr(user, 1, 1) != '['"
+        )
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 _COLUMNS = (
     "id, tool, type, agent, user, decision_id, issued_at, expires_at, revoked, lease_id, "
     "scope, audience, user_tier, user_groups"
@@ -75,7 +91,7 @@ def _record(row: tuple[object, ...]) -> CredentialRecord:
         tool=str(row[1]),
         type=str(row[2]),
         agent=str(row[3]),
-        user=None if row[4] is None else str(row[4]),
+        user=None if row[4] is None else UserRef(*json.loads(str(row[4]))),
         decision_id=str(row[5]),
         issued_at=float(row[6]),  # type: ignore[arg-type]
         expires_at=float(row[7]),  # type: ignore[arg-type]
@@ -86,12 +102,6 @@ def _record(row: tuple[object, ...]) -> CredentialRecord:
         user_tier=None if row[12] is None else str(row[12]),
         user_groups=tuple(json.loads(str(row[13]))),
     )
-
-
-def budget_key(check: LimitCheck, now: float) -> tuple[str, float]:
-    """The counter key of a fixed-window budget at `now`, and when that window ends."""
-    index = math.floor(now / check.window_seconds)
-    return f"{check.key}|{index}", (index + 1) * check.window_seconds
 
 
 class SqliteStateStore:
@@ -143,6 +153,7 @@ class SqliteStateStore:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            _migrate(db)
             return db
 
         loop = asyncio.get_running_loop()
@@ -177,7 +188,7 @@ class SqliteStateStore:
 
     async def _purge_loop(self) -> None:
         while True:
-            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+            await self._clock.sleep(PURGE_INTERVAL_SECONDS)
             with contextlib.suppress(Unavailable):  # logged by `_run`; retried next time
                 await self.purge()
 
@@ -208,7 +219,7 @@ class SqliteStateStore:
                 r.tool,
                 r.type,
                 r.agent,
-                r.user,
+                None if r.user is None else json.dumps([r.user.issuer, r.user.subject]),
                 r.decision_id,
                 r.issued_at,
                 r.expires_at,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from broker.domain import LimitCheck
+from broker.domain import LimitCheck, UserRef
 from broker.state.base import CredentialRecord
 from broker.state.redis import RedisStateStore
 from broker.state.sqlite import SqliteStateStore
@@ -49,7 +49,7 @@ def record(
         "crm",
         "vault" if lease else "jwt",
         agent,
-        "idp#alice",
+        UserRef("idp", "alice"),
         "d1",
         now,
         now + ttl,

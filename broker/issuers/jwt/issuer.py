@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import jwt
 
-from broker.config.settings import ISSUER_ALGORITHMS
+from broker.constants import ISSUER_ALGORITHMS
 from broker.domain import Credential, Secret
 from broker.issuers.base import IssueRequest, act_claim
-from broker.issuers.keys import KeyRing
+from broker.issuers.jwt.keys import KeyRing
 from broker.jose import JoseError, check_time_claims, decode_verified, unverified_header
 from broker.typing import Clock
 
@@ -20,7 +20,10 @@ TOKEN_TYPE = "at+jwt"  # noqa: S105 - the RFC 9068 `typ`, not a password
 
 
 class JwtIssuer:
-    """Mints short-lived JWTs bound to the agent, the user and the tool."""
+    """Mints short-lived JWTs bound to the agent, the user and the tool.
+
+    Implements `Issuer` and `TokenVerifier` (it verifies what it minted).
+    """
 
     kind = "jwt"
 
@@ -40,6 +43,19 @@ class JwtIssuer:
     def issuer(self) -> str:
         """The `iss` claim."""
         return self._issuer
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The algorithms of the published keys."""
+        return tuple(dict.fromkeys(k.alg for k in self._keys.published()))
+
+    def jwks(self) -> dict[str, list[dict[str, str]]]:
+        """The public keys: upcoming, current and recently retired."""
+        return self._keys.jwks()
+
+    def audit_id(self, credential_id: str) -> str:
+        """A token's `jti` is not a secret: the audit trail records it as is."""
+        return credential_id
 
     def claims(self, request: IssueRequest, *, jti: str, now: int) -> dict[str, object]:
         """The claims of the token for `request` (contract section 3)."""

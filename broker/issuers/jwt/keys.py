@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from broker.config.settings import MAX_CREDENTIAL_TTL, JwtIssuerSettings
-from broker.dev.pki import key_pem, new_ec_key, new_ed25519_key
+from broker.constants import MAX_CREDENTIAL_TTL
 from broker.errors import ConfigError
 from broker.fileio import write_atomic
+from broker.issuers.jwt.config import JwtIssuerSettings
 from broker.jose import public_jwk
 from broker.tasks import stop_task
 from broker.typing import Clock
@@ -58,7 +59,11 @@ class SigningKey:
 
 def generate_key(alg: str, *, now: float, not_before: float | None = None) -> SigningKey:
     """A new key for `alg` (EdDSA: Ed25519; ES256: P-256), its kid the JWK thumbprint."""
-    private: SigningPrivateKey = new_ed25519_key() if alg == "EdDSA" else new_ec_key()
+    private: SigningPrivateKey = (
+        ed25519.Ed25519PrivateKey.generate()
+        if alg == "EdDSA"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
     kid = public_jwk(private, alg=alg)["kid"]
     return SigningKey(kid, alg, private, now, now if not_before is None else not_before)
 
@@ -74,7 +79,11 @@ def _serialize(keys: Sequence[SigningKey]) -> bytes:
             "not_before": math.ceil(k.not_before)
             if k.not_before > k.created_at
             else int(k.not_before),
-            "private_key_pem": key_pem(k.private_key).decode(),
+            "private_key_pem": k.private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode(),
         }
         for k in sorted(keys, key=lambda k: k.not_before)
     ]
@@ -258,7 +267,7 @@ class KeyRing:
 
         async def loop() -> None:
             while True:
-                await asyncio.sleep(interval)
+                await self._clock.sleep(interval)
                 await asyncio.to_thread(self.maintain)
 
         self._task = asyncio.create_task(loop(), name="issuer-keys")

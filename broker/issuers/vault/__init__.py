@@ -1,0 +1,54 @@
+"""Tools of `type: vault`: dynamic secrets, child tokens and wrapped KV from Vault/OpenBao."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from broker.config.reader import Reader
+from broker.issuers.base import IssuerDeps, IssuerParts, ToolOptions
+from broker.issuers.vault.config import parse_vault_tool
+from broker.issuers.vault.issuer import VaultIssuer
+from broker.vault.client import VaultClient
+from broker.vault.config import VaultSettings, parse_vault
+from broker.vault.reconciler import LeaseReconciler
+
+__all__ = ["FACTORY", "VaultIssuer"]
+
+
+class _Factory:
+    kind = "vault"
+    section = "vault"
+
+    def parse(self, reader: Reader) -> VaultSettings:
+        return parse_vault(reader)
+
+    def parse_tool(self, reader: Reader) -> ToolOptions:
+        return ToolOptions(options=parse_vault_tool(reader))
+
+    @asynccontextmanager
+    async def open(self, deps: IssuerDeps, settings: object) -> AsyncIterator[IssuerParts]:
+        assert isinstance(settings, VaultSettings)
+        client = VaultClient(settings, deps.identity, deps.clock)
+        await client.start()
+        try:
+            issuer = VaultIssuer(client, deps.state, deps.lease_hasher, deps.clock)
+            reconciler = LeaseReconciler(issuer, deps.state, deps.clock, settings.reconcile_seconds)
+            await reconciler.start()
+            try:
+                yield IssuerParts(
+                    issuer,
+                    gauges={
+                        "broker_vault_breaker_open": (
+                            "Whether the Vault circuit breaker is open",
+                            lambda: 1.0 if client.breaker.state == "open" else 0.0,
+                        )
+                    },
+                )
+            finally:
+                await reconciler.close()
+        finally:
+            await client.close()
+
+
+FACTORY = _Factory()

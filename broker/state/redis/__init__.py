@@ -1,0 +1,26 @@
+"""The shared state store (`backend: redis`): one Redis server, many replicas."""
+
+from __future__ import annotations
+
+from broker.config.reader import Reader
+from broker.state.redis.config import RedisSettings, parse_redis
+from broker.state.redis.store import RedisStateStore
+from broker.typing import Clock, StateStore
+
+__all__ = ["FACTORY", "RedisStateStore"]
+
+
+class _Factory:
+    kind = "redis"
+
+    def parse(self, reader: Reader) -> RedisSettings:
+        return parse_redis(reader)
+
+    def build(self, settings: object, clock: Clock) -> StateStore:
+        assert isinstance(settings, RedisSettings)
+        return RedisStateStore(
+            settings.url, clock, prefix=settings.key_prefix, password_file=settings.password_file
+        )
+
+
+FACTORY = _Factory()

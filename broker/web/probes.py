@@ -1,0 +1,18 @@
+"""What the probes and the metrics endpoint read: readiness and the exposition."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from broker.metrics import Metrics
+
+__all__ = ["Probes"]
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """Readiness checks and metrics, for `/readyz` and `/metrics`."""
+
+    readiness: Callable[[], Awaitable[dict[str, bool]]]
+    metrics: Metrics
