@@ -218,7 +218,7 @@ async def test_sqlite_survives_a_restart_and_purges(tmp_path: Path, clock: Manua
         assert await second.agent_revoked("spiffe://example.org/agent/x")
         clock.advance(10)
         await second.purge()
-        count = await second._run(
+        count = second._read(
             lambda db: db.execute("SELECT count(*) FROM credentials").fetchone()[0]
         )
         assert count == 1

@@ -1,9 +1,15 @@
-"""The embedded state store: SQLite, for one broker process. Survives a restart.
+"""The embedded state store: one SQLite file (WAL), shared by the processes of one host.
 
-sqlite3 is blocking, so every call runs on one dedicated worker thread (which also
-serialises access). Revoked agents are mirrored in memory because they are checked on
-every request. Rows carry their expiry and a purge task deletes what has expired, so the
-file does not grow without bound.
+Reads run on the event loop, on a connection of their own: in WAL mode a read never
+waits for a writer and answers in microseconds, cheaper than any thread hop. Writes
+(credential records, revocations, limits, replay marks) are group-committed: each request
+queues its operation, one writer thread runs everything queued in one transaction (each
+operation in a savepoint of its own) and wakes the loop once per batch. A write returns
+once its transaction committed, so a record is durable and visible to every process (the
+`--workers` of one host) when the call returns. Every SQLite error becomes `Unavailable`.
+
+Rows carry their expiry and a purge deletes what has expired, so the file does not grow
+without bound.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from typing import TypeVar, cast
 
 import structlog
 
-from broker.blocking import DaemonExecutor
 from broker.domain import LimitCheck, UserRef
 from broker.errors import Unavailable
+from broker.groupcommit import GroupCommitter
 from broker.state.base import CredentialRecord, LimitResult, budget_key
 from broker.tasks import stop_task
 from broker.typing import Clock
@@ -107,81 +113,133 @@ def _record(row: tuple[object, ...]) -> CredentialRecord:
 class SqliteStateStore:
     """A `StateStore` in one SQLite file."""
 
-    def __init__(self, path: Path, clock: Clock) -> None:
-        """Create the store (the file is opened by `start`)."""
+    def __init__(self, path: Path, clock: Clock, *, write_timeout: float = 5.0) -> None:
+        """Create the store (the file is opened by `start`).
+
+        Args:
+            path: The database file (created 0600).
+            clock: For expiries.
+            write_timeout: Seconds a write waits for its batch to commit.
+        """
         self._path = path
         self._clock = clock
-        self._executor = DaemonExecutor(1, "sqlite-state")
-        self._db: sqlite3.Connection | None = None
-        self._revoked_agents: dict[str, float] = {}
+        self._write_timeout = write_timeout
+        self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._committer: GroupCommitter[Callable[[sqlite3.Connection], object]] = GroupCommitter(
+            "sqlite-state", self._run_batch
+        )
         self._task: asyncio.Task[None] | None = None
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            db = self._db
-            assert db is not None
-            db.execute("BEGIN IMMEDIATE")  # one transaction per call: atomic, serialised
-            try:
-                result: object = fn(db)
-                if isinstance(result, sqlite3.Cursor):
-                    # A cursor must never cross to the event loop's thread: finalised
-                    # there, it races this thread on the same connection (SQLITE_MISUSE).
-                    result.close()
-                    result = None
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return cast("T", result)
+    # -- plumbing ---------------------------------------------------------------------------
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _run_batch(self, ops: Sequence[Callable[[sqlite3.Connection], object]]) -> list[object]:
+        """On the writer thread: one transaction, one savepoint per operation."""
+        if self._writer is None:
+            self._writer = self._connect()
+        db = self._writer
+        results: list[object] = []
+        db.execute("BEGIN IMMEDIATE")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+            for op in ops:
+                db.execute("SAVEPOINT op")
+                try:
+                    result = op(db)
+                    if isinstance(result, sqlite3.Cursor):
+                        result.close()  # a cursor never crosses to the loop's thread
+                        result = None
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO op")
+                    result = exc
+                db.execute("RELEASE op")
+                results.append(result)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return results
+
+    @staticmethod
+    def _unavailable(exc: BaseException) -> Unavailable:
+        # Every backend error becomes `Unavailable`: the pipeline's fail-closed path
+        # (undo, refund, `credential.failed`, 503) only ever sees the broker's errors.
+        log.error("state store (SQLite) failed", error=str(exc) or type(exc).__name__)
+        return Unavailable("the state store (SQLite) is unavailable")
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a write in the next batch; returns once its transaction committed."""
+        future = self._committer.submit(op)
+        try:
+            return cast("T", await asyncio.wait_for(asyncio.shield(future), self._write_timeout))
+        except (sqlite3.Error, TimeoutError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read on the loop's own connection (WAL: never waits for a writer)."""
+        if self._reader is None:
+            raise Unavailable("the state store (SQLite) is not open")
+        try:
+            return op(self._reader)
         except sqlite3.Error as exc:
-            # Every backend error becomes `Unavailable`: the pipeline's fail-closed path
-            # (undo, refund, `credential.failed`, 503) only ever sees the broker's errors.
-            log.error("state store (SQLite) failed", error=str(exc))  # noqa: TRY400
-            raise Unavailable("the state store (SQLite) is unavailable") from exc
+            raise self._unavailable(exc) from exc
+
+    # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the file (0600), create the schema, load revoked agents."""
+        """Open the file (0600), create or migrate the schema, start the writer.
 
-        def open_db() -> sqlite3.Connection:
+        Raises:
+            Unavailable: The file cannot be opened or prepared.
+        """
+
+        def prepare() -> None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._path.touch(mode=0o600, exist_ok=True)
-            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-            _migrate(db)
-            return db
+            db = self._connect()
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                _migrate(db)
+            finally:
+                db.close()
 
-        loop = asyncio.get_running_loop()
-        self._db = await loop.run_in_executor(self._executor, open_db)
-        now = self._clock.time()
-        rows = await self._run(
-            lambda db: db.execute(
-                "SELECT agent, until FROM revoked_agents WHERE until > ?", (now,)
-            ).fetchall()
-        )
-        self._revoked_agents = {str(a): float(u) for a, u in rows}
+        try:
+            await asyncio.to_thread(prepare)
+            self._reader = self._connect()
+            self._reader.execute("PRAGMA busy_timeout=100")
+        except (OSError, sqlite3.Error) as exc:
+            raise self._unavailable(exc) from exc
+        self._committer.start()
         self._task = asyncio.create_task(self._purge_loop(), name="sqlite-state-purge")
 
     async def close(self) -> None:
-        """Stop purging and close the file."""
+        """Stop purging, finish queued writes, close the file."""
         await stop_task(self._task)
         self._task = None
-        if self._db is not None:
-            db, self._db = self._db, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._committer.stop)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    @property
+    def batches(self) -> int:
+        """Write batches committed so far."""
+        return self._committer.batches
 
     async def ping(self) -> bool:
-        """Whether the file answers a query."""
-        if self._db is None:
-            return False
+        """Whether the file answers a query (never raises)."""
         try:
-            await self._run(lambda db: db.execute("SELECT 1").fetchone())
+            self._read(lambda db: db.execute("SELECT 1").fetchone())
         except Unavailable:
             return False
         return True
@@ -189,11 +247,11 @@ class SqliteStateStore:
     async def _purge_loop(self) -> None:
         while True:
             await self._clock.sleep(PURGE_INTERVAL_SECONDS)
-            with contextlib.suppress(Unavailable):  # logged by `_run`; retried next time
+            with contextlib.suppress(Unavailable):  # logged; retried next time
                 await self.purge()
 
     async def purge(self) -> None:
-        """Delete everything that has expired (kept: leases Vault has not released)."""
+        """Delete everything that has expired (kept: leases not yet released)."""
         now = self._clock.time()
 
         def purge(db: sqlite3.Connection) -> None:
@@ -208,11 +266,12 @@ class SqliteStateStore:
             # Rate events older than the longest window any limit can have.
             db.execute("DELETE FROM rate_events WHERE ts <= ?", (now - 86400,))
 
-        await self._run(purge)
-        self._revoked_agents = {a: u for a, u in self._revoked_agents.items() if u > now}
+        await self._write(purge)
+
+    # -- credentials ------------------------------------------------------------------------
 
     async def put_credentials(self, records: Sequence[CredentialRecord]) -> None:
-        """Remember issued credentials."""
+        """Remember issued credentials (durable when this returns)."""
         rows = [
             (
                 r.credential_id,
@@ -232,7 +291,7 @@ class SqliteStateStore:
             )
             for r in records
         ]
-        await self._run(
+        await self._write(
             lambda db: db.executemany(
                 f"INSERT OR REPLACE INTO credentials ({_COLUMNS}) "  # noqa: S608 - fixed columns
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -243,7 +302,7 @@ class SqliteStateStore:
     async def get_credential(self, credential_id: str) -> CredentialRecord | None:
         """A live credential, or None."""
         now = self._clock.time()
-        row = await self._run(
+        row = self._read(
             lambda db: db.execute(
                 f"SELECT {_COLUMNS} FROM credentials WHERE id = ? AND expires_at > ?",  # noqa: S608
                 (credential_id, now),
@@ -265,13 +324,13 @@ class SqliteStateStore:
                 (credential_id, now),
             ).fetchone()
 
-        row = await self._run(revoke)
+        row = await self._write(revoke)
         return _record(row) if row else None
 
     async def agent_credentials(self, agent: str) -> list[CredentialRecord]:
         """Live credentials of an agent."""
         now = self._clock.time()
-        rows = await self._run(
+        rows = self._read(
             lambda db: db.execute(
                 f"SELECT {_COLUMNS} FROM credentials WHERE agent = ? AND expires_at > ?",  # noqa: S608
                 (agent, now),
@@ -279,76 +338,35 @@ class SqliteStateStore:
         )
         return [_record(r) for r in rows]
 
+    # -- agents -----------------------------------------------------------------------------
+
     async def revoke_agent(self, agent: str, until: float) -> None:
         """Refuse an agent until `until`."""
-        await self._run(
+        await self._write(
             lambda db: db.execute(
                 "INSERT INTO revoked_agents (agent, until) VALUES (?, ?) "
                 "ON CONFLICT(agent) DO UPDATE SET until = max(until, excluded.until)",
                 (agent, until),
             )
         )
-        self._revoked_agents[agent] = max(until, self._revoked_agents.get(agent, 0.0))
 
     async def agent_revoked(self, agent: str) -> bool:
-        """Whether an agent is revoked (from memory: this store has one process)."""
-        until = self._revoked_agents.get(agent)
-        return until is not None and until > self._clock.time()
+        """Whether an agent is revoked (one indexed read: every process sees it at once)."""
+        now = self._clock.time()
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT 1 FROM revoked_agents WHERE agent = ? AND until > ?", (agent, now)
+            ).fetchone()
+        )
+        return row is not None
+
+    # -- limits and replay ------------------------------------------------------------------
 
     async def consume_limits(
         self, checks: Sequence[LimitCheck], member: str, now: float
     ) -> LimitResult:
-        """Consume every limit atomically (one transaction), or none."""
-
-        def consume(db: sqlite3.Connection) -> LimitResult:
-            for check in checks:
-                if check.kind == "rate":
-                    db.execute(
-                        "DELETE FROM rate_events WHERE key = ? AND ts <= ?",
-                        (check.key, now - check.window_seconds),
-                    )
-                    (count,) = db.execute(
-                        "SELECT count(*) FROM rate_events WHERE key = ?", (check.key,)
-                    ).fetchone()
-                    if count + check.cost > check.limit:
-                        need = count + check.cost - check.limit
-                        (oldest,) = db.execute(
-                            "SELECT ts FROM rate_events WHERE key = ? ORDER BY ts LIMIT 1 OFFSET ?",
-                            (check.key, need - 1),
-                        ).fetchone() or (now,)
-                        retry = oldest + check.window_seconds - now
-                        return LimitResult(
-                            allowed=False,
-                            key=check.key,
-                            kind=check.kind,
-                            retry_after=max(1, math.ceil(retry)),
-                        )
-                else:
-                    key, ends = budget_key(check, now)
-                    row = db.execute("SELECT count FROM budgets WHERE key = ?", (key,)).fetchone()
-                    if (row[0] if row else 0) + check.cost > check.limit:
-                        return LimitResult(
-                            allowed=False,
-                            key=check.key,
-                            kind=check.kind,
-                            retry_after=max(1, math.ceil(ends - now)),
-                        )
-            for check in checks:
-                if check.kind == "rate":
-                    db.executemany(
-                        "INSERT INTO rate_events (key, member, ts) VALUES (?, ?, ?)",
-                        [(check.key, f"{member}:{i}", now) for i in range(check.cost)],
-                    )
-                else:
-                    key, ends = budget_key(check, now)
-                    db.execute(
-                        "INSERT INTO budgets (key, count, expires_at) VALUES (?, ?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET count = count + excluded.count",
-                        (key, check.cost, ends),
-                    )
-            return LimitResult(allowed=True)
-
-        return await self._run(consume)
+        """Consume every limit atomically (one savepoint of a write batch), or none."""
+        return await self._write(lambda db: _consume(db, checks, member, now))
 
     async def refund_limits(self, checks: Sequence[LimitCheck], member: str, now: float) -> None:
         """Give back what `member` consumed."""
@@ -367,7 +385,7 @@ class SqliteStateStore:
                         (check.cost, key),
                     )
 
-        await self._run(refund)
+        await self._write(refund)
 
     async def first_use(self, key: str, until: float) -> bool:
         """Record `key`; False if it is already recorded and unexpired."""
@@ -380,11 +398,13 @@ class SqliteStateStore:
             )
             return cursor.rowcount == 1
 
-        return await self._run(record)
+        return await self._write(record)
+
+    # -- leases -----------------------------------------------------------------------------
 
     async def leases_to_release(self, now: float) -> list[CredentialRecord]:
-        """Leases past expiry or revoked that Vault has not released yet."""
-        rows = await self._run(
+        """Leases past expiry or revoked that their issuer has not released yet."""
+        rows = self._read(
             lambda db: db.execute(
                 f"SELECT {_COLUMNS} FROM credentials WHERE lease_id IS NOT NULL "  # noqa: S608
                 "AND lease_released = 0 AND (expires_at <= ? OR revoked = 1)",
@@ -395,8 +415,59 @@ class SqliteStateStore:
 
     async def lease_released(self, credential_id: str) -> None:
         """Forget a released lease."""
-        await self._run(
+        await self._write(
             lambda db: db.execute(
                 "UPDATE credentials SET lease_released = 1 WHERE id = ?", (credential_id,)
             )
         )
+
+
+def _consume(
+    db: sqlite3.Connection, checks: Sequence[LimitCheck], member: str, now: float
+) -> LimitResult:
+    for check in checks:
+        if check.kind == "rate":
+            db.execute(
+                "DELETE FROM rate_events WHERE key = ? AND ts <= ?",
+                (check.key, now - check.window_seconds),
+            )
+            (count,) = db.execute(
+                "SELECT count(*) FROM rate_events WHERE key = ?", (check.key,)
+            ).fetchone()
+            if count + check.cost > check.limit:
+                need = count + check.cost - check.limit
+                (oldest,) = db.execute(
+                    "SELECT ts FROM rate_events WHERE key = ? ORDER BY ts LIMIT 1 OFFSET ?",
+                    (check.key, need - 1),
+                ).fetchone() or (now,)
+                retry = oldest + check.window_seconds - now
+                return LimitResult(
+                    allowed=False,
+                    key=check.key,
+                    kind=check.kind,
+                    retry_after=max(1, math.ceil(retry)),
+                )
+        else:
+            key, ends = budget_key(check, now)
+            row = db.execute("SELECT count FROM budgets WHERE key = ?", (key,)).fetchone()
+            if (row[0] if row else 0) + check.cost > check.limit:
+                return LimitResult(
+                    allowed=False,
+                    key=check.key,
+                    kind=check.kind,
+                    retry_after=max(1, math.ceil(ends - now)),
+                )
+    for check in checks:
+        if check.kind == "rate":
+            db.executemany(
+                "INSERT INTO rate_events (key, member, ts) VALUES (?, ?, ?)",
+                [(check.key, f"{member}:{i}", now) for i in range(check.cost)],
+            )
+        else:
+            key, ends = budget_key(check, now)
+            db.execute(
+                "INSERT INTO budgets (key, count, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET count = count + excluded.count",
+                (key, check.cost, ends),
+            )
+    return LimitResult(allowed=True)
