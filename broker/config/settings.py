@@ -110,6 +110,7 @@ class JwtSvidSettings:
     algorithms: tuple[str, ...] = JWT_SVID_ALGORITHMS
     leeway_seconds: int = 30
     max_token_bytes: int = 8192
+    max_lifetime_seconds: int = 3600  # exp - iat; SPIRE's JWT-SVIDs live 5 min by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +443,9 @@ def _authentication(reader: Reader) -> AuthnSettings:
             "leeway_seconds", 30, minimum=0, maximum=MAX_JWT_LEEWAY_SECONDS
         ),
         max_token_bytes=section.integer("max_token_bytes", 8192, minimum=512, maximum=65536),
+        max_lifetime_seconds=section.integer(
+            "max_lifetime_seconds", 3600, minimum=60, maximum=86400
+        ),
     )
     section.finish()
     authn = AuthnSettings(

@@ -20,11 +20,33 @@ __all__ = ["parse_credential_request", "post_credentials", "read_json_object"]
 MAX_TOOLS = 16
 MAX_TTL_INPUT = 10**9
 MAX_USER_TOKEN = 16 * 1024
+MAX_JSON_DEPTH = 32  # the request schemas nest two levels; json.loads recurses per level
 FIELDS = {"tools", "ttl_seconds", "user_token", "session_id", "reason"}
+_JSON_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _too_deep(text: str) -> bool:
+    """Whether arrays/objects nest deeper than MAX_JSON_DEPTH (brackets in strings skipped).
+
+    Counting first keeps ordinary bodies at C speed; the scan stops at the first level
+    too many, so even 64 KiB of `[` costs microseconds, not a RecursionError.
+    """
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for match in _JSON_STRUCTURE.finditer(text):
+        char = match.group()
+        if char in ("[", "{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif char in ("]", "}"):
+            depth -= 1
+    return False
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -43,7 +65,8 @@ async def read_json_object(request: web.Request) -> dict[str, object]:
     as JSON and the content type is only named when the body is not JSON.)
 
     Raises:
-        BadRequest: Not JSON, not an object, NaN/Infinity or duplicate keys.
+        BadRequest: Not UTF-8 JSON, not an object, NaN/Infinity, duplicate keys, or
+            nested deeper than MAX_JSON_DEPTH.
     """
     raw = await request.read()
     hint = (
@@ -52,9 +75,13 @@ async def read_json_object(request: web.Request) -> dict[str, object]:
         else (f" (Content-Type was {request.content_type}; send application/json)")
     )
     try:
-        body = json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        text = raw.decode("utf-8")  # RFC 8259 section 8.1; json.loads would guess UTF-16/32
     except UnicodeDecodeError:
         raise BadRequest(f"request body is not UTF-8{hint}") from None
+    if _too_deep(text):
+        raise BadRequest(f"request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except ValueError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(body, dict):
