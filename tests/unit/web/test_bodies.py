@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from broker import jose
 from broker.errors import BadRequest, OAuthError
+from broker.web.handlers import credentials
 from broker.web.handlers.credentials import parse_credential_request, read_json_object
 from broker.web.handlers.oauth import read_form
 
@@ -62,6 +67,39 @@ async def test_depth_limit_is_exact_and_ignores_strings(client: TestClient[Any, 
     resp = await client.post("/json", data=text)
     assert resp.status == 200
     assert (await resp.json())["reason"].startswith("[{[{")
+    # An escaped backslash right before the closing quote: the string ends there.
+    after_escape = '{"a":"x\\\\","b":' + "[" * 31 + "]" * 31 + "}"
+    assert (await client.post("/json", data=after_escape)).status == 200
+    deeper = '{"a":"x\\\\","b":' + "[" * 32 + "]" * 32 + "}"
+    assert (await client.post("/json", data=deeper)).status == 400
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+TRICKY_TEXT = st.text(alphabet='[]{}"\\\\ab\n', max_size=12)
+JSON_TREES = st.recursive(
+    st.none() | st.integers() | TRICKY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON_TREES, st.integers(0, 40), st.booleans())
+def test_depth_scan_agrees_with_the_parsed_depth(value: object, wrap: int, as_object: bool) -> None:
+    """The pre-parse scan (web and JOSE alike) finds exactly the nesting json.loads would build."""
+    for _ in range(wrap):
+        value = {'k[\\"': value} if as_object else [value, "]\\"]
+    raw = json.dumps(value).encode()
+    expected = _depth(value) > 32
+    assert credentials._too_deep(raw) is expected
+    assert jose._too_deep(raw) is expected
 
 
 async def test_non_utf8_json_body_is_a_400(client: TestClient[Any, Any]) -> None:
