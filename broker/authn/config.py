@@ -12,6 +12,8 @@ __all__ = ["AuthnSettings", "JwtSvidSettings", "parse_authentication"]
 DEFAULT_LEEWAY_SECONDS = 30
 DEFAULT_MAX_TOKEN_BYTES = 8192
 DEFAULT_XFCC_HEADER = "x-forwarded-client-cert"
+# exp - iat of an acceptable JWT-SVID; SPIRE's default JWT-SVID TTL is 5 minutes.
+DEFAULT_MAX_LIFETIME_SECONDS = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,7 @@ class JwtSvidSettings:
     algorithms: tuple[str, ...] = JWT_SVID_ALGORITHMS
     leeway_seconds: int = DEFAULT_LEEWAY_SECONDS
     max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+    max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME_SECONDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,9 @@ def parse_authentication(reader: Reader) -> AuthnSettings:
         ),
         max_token_bytes=section.integer(
             "max_token_bytes", DEFAULT_MAX_TOKEN_BYTES, minimum=512, maximum=65536
+        ),
+        max_lifetime_seconds=section.integer(
+            "max_lifetime_seconds", DEFAULT_MAX_LIFETIME_SECONDS, minimum=60, maximum=86400
         ),
     )
     section.finish()

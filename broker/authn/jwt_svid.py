@@ -2,7 +2,11 @@
 
 The key is chosen only from the JWT bundle of the `sub`'s trust domain; nothing in the
 token can make the broker fetch or trust other key material (`jku`, `x5u`, `jwk`, `x5c`
-and `crit` are refused outright).
+and `crit` are refused outright). The token is parsed once (`broker.jose.parse_jwt`).
+
+A JWT-SVID must carry `iat`, and `exp - iat` must not exceed `max_lifetime_seconds`:
+a bearer that lives long is a bearer that leaks long. SPIRE always sets `iat`, so a token
+without it is refused rather than given the benefit of the doubt.
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ from broker.jose import (
     JoseError,
     check_audience,
     check_time_claims,
-    unverified_claims,
-    unverified_header,
+    parse_jwt,
     verify_with_keys,
 )
 from broker.spiffe_id import parse_spiffe_id, trust_domain_of
@@ -66,12 +69,10 @@ class JwtSvidVerifier:
             raise Unauthenticated(f"bearer JWT-SVID rejected: {exc}") from None
 
     def _verify(self, token: str) -> Caller:
-        header = unverified_header(
+        parsed = parse_jwt(
             token, allowed_algorithms=self._settings.algorithms, allowed_types=_TYPES
         )
-        alg = str(header["alg"])
-        claims = unverified_claims(token)
-        sub = claims.get("sub")
+        sub = parsed.claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise JoseError("JWT-SVID has no 'sub' claim")
         try:
@@ -88,10 +89,11 @@ class JwtSvidVerifier:
         if bundle is None or not bundle.jwt_authorities:
             raise JoseError(f"no JWT bundle is held for trust domain {trust_domain!r}")
 
+        # The claims read above are the ones the signature covers: one parse, one object.
         verified = verify_with_keys(
-            token,
-            header.get("kid"),
-            alg,
+            parsed,
+            parsed.kid,
+            parsed.alg,
             bundle.jwt_authorities,
             where=f"the JWT bundle of trust domain {trust_domain!r}",
         )
@@ -99,8 +101,7 @@ class JwtSvidVerifier:
         exp = check_time_claims(
             verified, now=self._clock.time(), leeway=self._settings.leeway_seconds
         )
-        if verified.get("sub") != sub:  # the signed claims are what counts
-            raise JoseError("JWT-SVID claims changed between reads")
+        self._check_lifetime(verified, exp)
         jti = verified.get("jti")
         return Caller(
             spiffe_id=spiffe_id,
@@ -109,3 +110,16 @@ class JwtSvidVerifier:
             expires_at=datetime.fromtimestamp(float(exp or 0), UTC),
             jwt_svid_jti=jti if isinstance(jti, str) and jti else None,
         )
+
+    def _check_lifetime(self, claims: dict[str, object], exp: float | None) -> None:
+        """`exp - iat` within the configured maximum (both already checked NumericDates)."""
+        iat = claims.get("iat")
+        if not isinstance(iat, int | float) or exp is None:
+            raise JoseError("JWT-SVID has no 'iat' claim, so its lifetime cannot be bounded")
+        lifetime = exp - iat
+        maximum = self._settings.max_lifetime_seconds
+        if lifetime > maximum:
+            raise JoseError(
+                f"JWT-SVID lifetime (exp - iat) of {lifetime:.10g} s is over the maximum of "
+                f"{maximum} s (authentication.jwt_svid.max_lifetime_seconds)"
+            )

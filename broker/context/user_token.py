@@ -20,8 +20,7 @@ from broker.jose import (
     JoseError,
     check_audience,
     check_time_claims,
-    unverified_claims,
-    unverified_header,
+    parse_jwt,
     verify_with_keys,
 )
 from broker.typing import Clock
@@ -103,13 +102,14 @@ class UserTokenVerifier:
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise UserTokenRejected("user_token_invalid", "user token is empty or too large")
         try:
-            header = unverified_header(
+            parsed = parse_jwt(
                 token, allowed_algorithms=_ANY_ASYMMETRIC, allowed_types=USER_TOKEN_TYPES
             )
-            unverified = unverified_claims(token)
         except JoseError as exc:
             raise UserTokenRejected("user_token_invalid", f"user token: {exc}") from None
-        iss = unverified.get("iss")
+        # Routing by the unverified `iss` is safe: the key then comes only from that
+        # issuer's set, and the verified claims are this same parsed object.
+        iss = parsed.claims.get("iss")
         config = self._issuers.get(iss) if isinstance(iss, str) else None
         if config is None:
             raise UserTokenRejected(
@@ -118,18 +118,18 @@ class UserTokenVerifier:
                 if isinstance(iss, str)
                 else "user token has no 'iss' claim",
             )
-        alg = str(header["alg"])
+        alg = parsed.alg
         if alg not in config.algorithms:
             raise UserTokenRejected(
                 "user_token_invalid", f"user token algorithm {alg!r} is not allowed for {iss}"
             )
-        kid = header.get("kid")
+        kid = parsed.kid
         try:
-            keys = await self._key_sets[config.issuer].keys(kid if isinstance(kid, str) else None)
+            keys = await self._key_sets[config.issuer].keys(kid)
         except IdentityError as exc:
             raise Unavailable(f"keys of user-token issuer {iss} are unavailable: {exc}") from None
         try:
-            claims = verify_with_keys(token, kid, alg, keys, where="the issuer's key set")
+            claims = verify_with_keys(parsed, kid, alg, keys, where="the issuer's key set")
         except JoseError as exc:
             raise UserTokenRejected("user_token_invalid", f"user token: {exc}") from None
         try:

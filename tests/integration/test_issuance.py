@@ -247,7 +247,7 @@ async def test_issued_record_attributes_everything(broker: DevBroker) -> None:
     [
         ("{not json", "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
-        ('{"tools": ["customer_data_api"], "tools": []}', "duplicate key"),
+        ('{"tools": ["customer_data_api"], "tools": []}', "duplicate member"),
         ('{"tools": ["customer_data_api"], "ttl_seconds": NaN}', "NaN is not valid JSON"),
         (json.dumps({"tools": ["customer_data_api"], "extra": 1}), "unknown field 'extra'"),
         (json.dumps({}), "'tools' is required"),

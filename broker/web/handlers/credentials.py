@@ -13,6 +13,7 @@ from broker.context.requests import CredentialRequest
 from broker.domain import Credential, Secret
 from broker.errors import BadRequest
 from broker.pipeline import Issued
+from broker.strictjson import MAX_JSON_DEPTH, too_deep, unique_members
 from broker.web.keys import CATALOGUE, PIPELINE, REQUEST_ID
 from broker.web.middleware import caller_of
 from broker.web.problem import json_response
@@ -28,15 +29,6 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 async def read_json_object(request: web.Request) -> dict[str, object]:
     """Read the body as one JSON object, whatever the declared content type.
 
@@ -44,7 +36,8 @@ async def read_json_object(request: web.Request) -> dict[str, object]:
     as JSON and the content type is only named when the body is not JSON.)
 
     Raises:
-        BadRequest: Not JSON, not an object, NaN/Infinity or duplicate keys.
+        BadRequest: Not UTF-8 JSON, not an object, NaN/Infinity, duplicate keys, or
+            nested deeper than MAX_JSON_DEPTH.
     """
     raw = await request.read()
     hint = (
@@ -53,9 +46,13 @@ async def read_json_object(request: web.Request) -> dict[str, object]:
         else (f" (Content-Type was {request.content_type}; send application/json)")
     )
     try:
-        body = json.loads(raw, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        text = raw.decode("utf-8")  # RFC 8259 section 8.1; json.loads would guess UTF-16/32
     except UnicodeDecodeError:
         raise BadRequest(f"request body is not UTF-8{hint}") from None
+    if too_deep(raw):
+        raise BadRequest(f"request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=unique_members)
     except ValueError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}{hint}") from None
     if not isinstance(body, dict):

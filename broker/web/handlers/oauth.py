@@ -6,6 +6,8 @@ error middleware for these paths), so standard OAuth clients understand them.
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl
+
 from aiohttp import web
 
 from broker.constants import MAX_TOKEN_BYTES
@@ -24,25 +26,42 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S10
 SUBJECT_TYPES = frozenset(
     {JWT_TYPE, ACCESS_TOKEN_TYPE, "urn:ietf:params:oauth:token-type:id_token"}
 )
+MAX_FORM_FIELDS = 32  # the OAuth requests here have at most nine parameters
 
 
 async def read_form(request: web.Request) -> dict[str, str]:
-    """A form-encoded body; each parameter at most once (RFC 6749 section 3.2).
+    """A form-encoded body in UTF-8; each parameter at most once (RFC 6749 section 3.2).
+
+    Parsed here rather than by `request.post()`, which raises UnicodeDecodeError (a 500)
+    on raw non-UTF-8 bytes and silently turns percent-encoded ones into U+FFFD.
 
     Raises:
-        OAuthError: Not a form, a repeated parameter, or a file upload.
+        OAuthError: Not a form, not UTF-8 (raw or percent-encoded), another charset,
+            too many parameters, or a repeated parameter.
     """
     if request.content_type != "application/x-www-form-urlencoded":
         raise OAuthError("invalid_request", "the body must be application/x-www-form-urlencoded")
-    form = await request.post()
+    charset = request.charset
+    if charset is not None and charset.lower().replace("_", "-") not in {"utf-8", "utf8"}:
+        raise OAuthError("invalid_request", "the form must be encoded in UTF-8")
+    raw = await request.read()
+    try:
+        pairs = parse_qsl(
+            raw.decode("utf-8").rstrip(),  # as aiohttp did: a trailing newline is not data
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise OAuthError("invalid_request", "the form is not valid UTF-8") from None
+    except ValueError:
+        raise OAuthError("invalid_request", "the form has too many parameters") from None
     out: dict[str, str] = {}
-    for name in set(form.keys()):
-        values = form.getall(name)
-        if len(values) != 1:
-            raise OAuthError("invalid_request", f"parameter {name!r} is repeated")
-        value = values[0]
-        if not isinstance(value, str):
-            raise OAuthError("invalid_request", f"parameter {name!r} must be text")
+    for name, value in pairs:
+        if name in out:
+            raise OAuthError("invalid_request", f"parameter {name[:64]!r} is repeated")
         out[name] = value
     return out
 

@@ -22,6 +22,7 @@ def test_valid_configuration_loads_frozen(identity: Identity) -> None:
     assert settings.identity.files is not None
     assert settings.identity.files.svid == identity.directory.resolve() / "broker" / "svid.pem"
     assert settings.authentication.jwt_svid.audience == ("spiffe://example.org/broker",)
+    assert settings.authentication.jwt_svid.max_lifetime_seconds == 3600
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.trust_domain = "other"  # type: ignore[misc]
 
@@ -53,6 +54,16 @@ def test_valid_configuration_loads_frozen(identity: Identity) -> None:
             {"authentication": {"jwt_svid": {"leeway_seconds": 61}}},
             "authentication.jwt_svid.leeway_seconds",
             "at most 60",
+        ),
+        (
+            {"authentication": {"jwt_svid": {"max_lifetime_seconds": 59}}},
+            "authentication.jwt_svid.max_lifetime_seconds",
+            "at least 60",
+        ),
+        (
+            {"authentication": {"jwt_svid": {"max_lifetime_seconds": 86401}}},
+            "authentication.jwt_svid.max_lifetime_seconds",
+            "at most 86400",
         ),
         (
             {"authentication": {"jwt_svid": {"algorithms": ["none"]}}},
@@ -123,6 +134,12 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
     """A missing configuration file is reported by path."""
     with pytest.raises(ConfigError, match="configuration file not found"):
         load_settings(tmp_path / "absent.yaml")
+
+
+def test_jwt_svid_max_lifetime_is_configurable(identity: Identity) -> None:
+    """authentication.jwt_svid.max_lifetime_seconds is read into the settings."""
+    settings = identity.settings(authentication={"jwt_svid": {"max_lifetime_seconds": 600}})
+    assert settings.authentication.jwt_svid.max_lifetime_seconds == 600
 
 
 def test_workload_api_socket_must_be_unix(identity: Identity) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import ssl
 import time
@@ -22,6 +23,7 @@ from broker.errors import Unavailable
 from broker.jose import public_jwk
 from tests.support.clock import ManualClock
 from tests.support.pki import TrustDomain
+from tests.unit.jws_forge import forge
 
 ISSUER = "https://idp.example.org"
 
@@ -132,6 +134,75 @@ async def test_claims_are_checked(
     assert excinfo.value.code == code
     assert message is not None
     assert message in excinfo.value.message
+
+
+def _forged(idp: Idp, header: str | None = None, payload: str | None = None) -> str:
+    """A token signed by the IdP's key whose JSON text is exactly `header`/`payload`."""
+    key = idp.keys[0]
+    kid = public_jwk(key, alg="EdDSA")["kid"]
+    now = int(time.time())
+    default = json.dumps(
+        {"iss": ISSUER, "aud": "credential-broker", "sub": "alice", "iat": now, "exp": now + 600}
+    )
+    return forge(
+        header or json.dumps({"alg": "EdDSA", "kid": kid, "typ": "JWT"}),
+        payload or default,
+        key,
+        alg="EdDSA",
+    )
+
+
+@pytest.mark.parametrize("name", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize(
+    "literal", ["NaN", "Infinity", "-Infinity", "1e400", str(2**64), "1e300", "-1", "null"]
+)
+async def test_hostile_numeric_dates_are_invalid(idp: Idp, name: str, literal: str) -> None:
+    """Non-finite, huge or negative exp/nbf/iat make the token invalid (403), never valid."""
+    now = int(time.time())
+    body = {"iss": ISSUER, "aud": "credential-broker", "sub": "alice", "exp": now + 600, name: 0}
+    text = json.dumps(body).replace(f'"{name}": 0', f'"{name}": {literal}')
+    with pytest.raises(UserTokenRejected) as excinfo:
+        await verifier(idp).verify(_forged(idp, payload=text))
+    assert excinfo.value.code == "user_token_invalid"
+    assert "NumericDate" in excinfo.value.message or "non-finite" in excinfo.value.message
+
+
+async def test_duplicate_members_are_invalid(idp: Idp) -> None:
+    """A second `alg`, `sub` or `iss` never overrides the first: the token is invalid."""
+    kid = public_jwk(idp.keys[0], alg="EdDSA")["kid"]
+    now = int(time.time())
+    base = f'"aud":"credential-broker","iat":{now},"exp":{now + 600}'
+    cases = [
+        (f'{{"alg":"none","kid":"{kid}","alg":"EdDSA"}}', None),
+        (None, f'{{"iss":"{ISSUER}","sub":"alice","sub":"admin",{base}}}'),
+        (None, f'{{"iss":"https://evil.example","sub":"alice","iss":"{ISSUER}",{base}}}'),
+    ]
+    for header, payload in cases:
+        with pytest.raises(UserTokenRejected, match="duplicate member") as excinfo:
+            await verifier(idp).verify(_forged(idp, header, payload))
+        assert excinfo.value.code == "user_token_invalid"
+
+
+async def test_user_token_is_parsed_once(idp: Idp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issuer routing, key choice and signature use one parse: no second decode in PyJWT."""
+    calls: list[int] = []
+    real = base64.urlsafe_b64decode
+
+    def counting(data: Any) -> bytes:
+        calls.append(1)
+        return real(data)
+
+    def forbidden(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("PyJWT must not parse the token again")
+
+    token = idp.token()
+    check = verifier(idp)
+    assert (await check.verify(idp.token())).subject == "alice"  # keys loaded beforehand
+    monkeypatch.setattr(base64, "urlsafe_b64decode", counting)
+    monkeypatch.setattr(jwt, "decode", forbidden)
+    monkeypatch.setattr(jwt.api_jws.PyJWS, "decode_complete", forbidden)
+    assert (await check.verify(token)).subject == "alice"
+    assert len(calls) == 3  # header, payload, signature: once each
 
 
 async def test_algorithms_outside_the_allow_list_are_refused(idp: Idp) -> None:
