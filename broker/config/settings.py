@@ -26,6 +26,7 @@ __all__ = [
     "IdentitySettings",
     "JwtSvidSettings",
     "ListenSettings",
+    "MetricsSettings",
     "Settings",
     "StateSettings",
     "ToolSettings",
@@ -58,10 +59,27 @@ TOOL_NAME_PATTERN = r"[a-z][a-z0-9_.-]{0,63}"
 
 @dataclass(frozen=True, slots=True)
 class ListenSettings:
-    """Where the HTTPS listener binds."""
+    """Where the HTTPS listener binds, and how it drains on SIGTERM.
+
+    Attributes:
+        drain_delay_seconds: After SIGTERM, how long /readyz answers 503 while new
+            connections are still accepted (load balancers and Kubernetes endpoints catch up).
+        shutdown_timeout_seconds: After the delay and the listener's close, how long
+            in-flight requests get to finish before they are cancelled.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8443
+    drain_delay_seconds: float = 5.0
+    shutdown_timeout_seconds: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The optional plain-HTTP listener serving only GET /metrics and /healthz (Prometheus)."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes the pod IP
+    port: int = 9090
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +287,7 @@ class Settings:
     listen: ListenSettings
     identity: IdentitySettings
     authentication: AuthnSettings
+    metrics: MetricsSettings | None = None
     policy: PolicySettings | None = None
     user_token_issuers: tuple[UserTokenIssuer, ...] = ()
     jwt_issuer: JwtIssuerSettings | None = None
@@ -326,6 +345,7 @@ def load_settings(path: Path) -> Settings:
         trust_domain=trust_domain,
         spiffe_id=spiffe_id,
         listen=_listen(root.section("listen")),
+        metrics=_metrics(root.section("metrics")) if root.has("metrics") else None,
         identity=_identity(root.section("identity", required=True), trust_domain),
         authentication=_authentication(root.section("authentication", required=True)),
         policy=_policy(root.section("policy")) if root.has("policy") else None,
@@ -344,6 +364,8 @@ def load_settings(path: Path) -> Settings:
         raise root.error("jwt_issuer", "is required when a tool has type 'jwt'")
     if any(t.type == "vault" for t in settings.tools) and settings.vault is None:
         raise root.error("vault", "is required when a tool has type 'vault'")
+    if settings.metrics is not None and settings.metrics.port == settings.listen.port != 0:
+        raise root.error("metrics.port", "must differ from listen.port")
     return settings
 
 
@@ -378,9 +400,22 @@ def _listen(reader: Reader) -> ListenSettings:
     listen = ListenSettings(
         host=reader.string("host", "127.0.0.1"),
         port=reader.integer("port", 8443, minimum=0, maximum=65535),
+        drain_delay_seconds=reader.number("drain_delay_seconds", 5.0, minimum=0, maximum=300),
+        shutdown_timeout_seconds=reader.number(
+            "shutdown_timeout_seconds", 20.0, minimum=1, maximum=600
+        ),
     )
     reader.finish()
     return listen
+
+
+def _metrics(reader: Reader) -> MetricsSettings:
+    metrics = MetricsSettings(
+        host=reader.string("host", "0.0.0.0"),  # noqa: S104 - Prometheus scrapes the pod IP
+        port=reader.integer("port", 9090, minimum=0, maximum=65535),
+    )
+    reader.finish()
+    return metrics
 
 
 def _identity(reader: Reader, trust_domain: str) -> IdentitySettings:
