@@ -75,6 +75,13 @@ def readyz(url: str, ca_bundle: Path) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read())
 
 
+async def hold(agent: Agent, port: int) -> HeldRequest:
+    """Open a held request, then complete another one: by then the broker is handling it."""
+    held = await asyncio.to_thread(HeldRequest, agent, port)
+    assert (await agent.credentials(ISSUE)).status == 201
+    return held
+
+
 def refused(port: int) -> bool:
     """Whether a new TCP connection to the listener is refused."""
     try:
@@ -115,7 +122,7 @@ async def test_sigterm_mid_burst_fails_no_request(td: DevTrustDomain, tmp_path: 
     try:
         process.wait_ready(url, td.ca_bundle)
         agent = Agent(td, url, "analytics")
-        held = await asyncio.to_thread(HeldRequest, agent, port)
+        held = await hold(agent, port)
 
         async def issue() -> int:
             return (await agent.credentials(ISSUE)).status
@@ -155,9 +162,29 @@ async def test_listener_closes_after_the_delay_and_in_flight_requests_finish(
     process = BrokerProcess(["serve", "--config", str(config)], cwd=tmp_path).start()
     try:
         process.wait_ready(url, td.ca_bundle)
-        held = await asyncio.to_thread(HeldRequest, Agent(td, url, "analytics"), port)
+        held = await hold(Agent(td, url, "analytics"), port)
         sigterm(process)
         await eventually(lambda: refused(port), within=30)
+        assert alive(process)
+        status, _ = await asyncio.to_thread(held.finish)
+        assert status == 201
+        assert exit_code(process) == 0
+    finally:
+        process.stop()
+
+
+async def test_sigint_skips_the_delay(td: DevTrustDomain, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) at a terminal: no drain delay, in-flight requests still finish, exit 0."""
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    config = drain_config(td, port, drain_delay_seconds=300, shutdown_timeout_seconds=60)
+    process = BrokerProcess(["serve", "--config", str(config)], cwd=tmp_path).start()
+    try:
+        process.wait_ready(url, td.ca_bundle)
+        held = await hold(Agent(td, url, "analytics"), port)
+        assert process.proc is not None
+        os.kill(process.proc.pid, signal.SIGINT)
+        await eventually(lambda: refused(port), within=30)  # not after 300 s
         assert alive(process)
         status, _ = await asyncio.to_thread(held.finish)
         assert status == 201
@@ -176,7 +203,7 @@ async def test_a_request_that_never_finishes_is_cut_at_the_shutdown_timeout(
     process = BrokerProcess(["serve", "--config", str(config)], cwd=tmp_path).start()
     try:
         process.wait_ready(url, td.ca_bundle)
-        held = await asyncio.to_thread(HeldRequest, Agent(td, url, "analytics"), port)
+        held = await hold(Agent(td, url, "analytics"), port)
         sigterm(process)
         assert exit_code(process) == 0  # without the timeout it would wait for the body
         held.sock.close()
