@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.clock import SystemClock
-from broker.config.settings import ListenSettings, load_settings
+from broker.config.settings import load_settings
 from broker.dev.trust_domain import (
     DEMO_AGENTS,
     DevTrustDomain,
@@ -113,7 +113,7 @@ def _dev(args: argparse.Namespace) -> int:
     td, _created = init_trust_domain(args.dir, args.trust_domain, clock)
     settings = load_settings(td.config)
     settings = dataclasses.replace(
-        settings, listen=ListenSettings(host=settings.listen.host, port=args.port)
+        settings, listen=dataclasses.replace(settings.listen, port=args.port)
     )
     configure_logging(settings.log_level)
 

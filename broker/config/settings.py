@@ -25,6 +25,7 @@ from broker.state import STATE_STORES
 
 __all__ = [
     "ListenSettings",
+    "MetricsSettings",
     "Settings",
     "StateSettings",
     "ToolSettings",
@@ -35,14 +36,35 @@ DEFAULT_AGENT_REVOCATION_SECONDS = 30 * 86400
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8443
 DEFAULT_STATE_BACKEND = "sqlite"
+DEFAULT_DRAIN_DELAY_SECONDS = 5.0
+DEFAULT_SHUTDOWN_TIMEOUT_SECONDS = 20.0
+DEFAULT_METRICS_HOST = "0.0.0.0"  # noqa: S104 - Prometheus scrapes the pod IP
+DEFAULT_METRICS_PORT = 9090
 
 
 @dataclass(frozen=True, slots=True)
 class ListenSettings:
-    """Where the HTTPS listener binds."""
+    """Where the HTTPS listener binds, and how it drains on SIGTERM.
+
+    Attributes:
+        drain_delay_seconds: After SIGTERM, how long /readyz answers 503 while new
+            connections are still accepted (load balancers and Kubernetes endpoints catch up).
+        shutdown_timeout_seconds: After the delay and the listener's close, how long
+            in-flight requests get to finish before they are cancelled.
+    """
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    drain_delay_seconds: float = DEFAULT_DRAIN_DELAY_SECONDS
+    shutdown_timeout_seconds: float = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The optional plain-HTTP listener serving only GET /metrics and /healthz (Prometheus)."""
+
+    host: str = DEFAULT_METRICS_HOST
+    port: int = DEFAULT_METRICS_PORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +122,7 @@ class Settings:
     admins: frozenset[str] = frozenset()
     resource_servers: frozenset[str] = frozenset()
     log_level: str = "info"
+    metrics: MetricsSettings | None = None
 
     def tool(self, name: str) -> ToolSettings | None:
         """A tool by name."""
@@ -161,8 +184,11 @@ def load_settings(path: Path) -> Settings:
         admins=frozenset(root.spiffe_ids("admins")),
         resource_servers=frozenset(root.spiffe_ids("resource_servers")),
         log_level=root.string("log_level", "info", choices=("debug", "info", "warning", "error")),
+        metrics=_metrics(root.section("metrics")) if root.has("metrics") else None,
     )
     root.finish()
+    if settings.metrics is not None and settings.metrics.port == settings.listen.port != 0:
+        raise root.error("metrics.port", "must differ from listen.port")
     for tool in settings.tools:
         if tool.type not in issuers:
             section = ISSUERS.get(tool.type).section
@@ -174,9 +200,24 @@ def _listen(reader: Reader) -> ListenSettings:
     listen = ListenSettings(
         host=reader.string("host", DEFAULT_HOST),
         port=reader.integer("port", DEFAULT_PORT, minimum=0, maximum=65535),
+        drain_delay_seconds=reader.number(
+            "drain_delay_seconds", DEFAULT_DRAIN_DELAY_SECONDS, minimum=0, maximum=300
+        ),
+        shutdown_timeout_seconds=reader.number(
+            "shutdown_timeout_seconds", DEFAULT_SHUTDOWN_TIMEOUT_SECONDS, minimum=1, maximum=600
+        ),
     )
     reader.finish()
     return listen
+
+
+def _metrics(reader: Reader) -> MetricsSettings:
+    metrics = MetricsSettings(
+        host=reader.string("host", DEFAULT_METRICS_HOST),
+        port=reader.integer("port", DEFAULT_METRICS_PORT, minimum=0, maximum=65535),
+    )
+    reader.finish()
+    return metrics
 
 
 def _tools(reader: Reader) -> tuple[ToolSettings, ...]:

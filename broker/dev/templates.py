@@ -20,6 +20,7 @@ spiffe_id: spiffe://{trust_domain}/broker     # the broker's own SPIFFE ID
 listen:
   host: 127.0.0.1
   port: {port}
+  drain_delay_seconds: 0      # on a laptop nothing routes around a stopping broker
 
 identity:
   # `files` reads PEM/JWKS files (spiffe-helper's layout) and reloads them on change.

@@ -6,6 +6,8 @@ runtime; `RUNTIME` is for the server's own wiring (TLS context, signals) and for
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from broker.domain import Caller
@@ -19,6 +21,7 @@ __all__ = [
     "CALLER",
     "CATALOGUE",
     "DISCOVERY",
+    "DRAINING",
     "INTROSPECTION",
     "PIPELINE",
     "PROBES",
@@ -36,5 +39,7 @@ CATALOGUE = web.AppKey("catalogue", ToolCatalogue)
 DISCOVERY = web.AppKey("discovery", Discovery)
 PROBES = web.AppKey("probes", Probes)
 XFCC_HEADER = web.AppKey("xfcc_header", str)
+# Set once a termination signal arrived: /readyz answers 503 from then on.
+DRAINING = web.AppKey("draining", asyncio.Event)
 CALLER = web.RequestKey("caller", Caller)
 REQUEST_ID = web.RequestKey("request_id", str)

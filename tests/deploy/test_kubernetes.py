@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -16,26 +17,7 @@ from broker.config.settings import load_settings
 from broker.issuers.jwt.config import JwtIssuerSettings
 from broker.policy.loader import load_policy
 from broker.spiffe_id import parse_spiffe_id
-
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "k8s" / "helm" / "credential-broker"
-KUBE_VERSION = "1.30"
-
-
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    manifests = helm.Chart.load(str(CHART)).render(
-        values, name="credential-broker", namespace="brokers"
-    )
-    documents = []
-    for path, text in manifests.items():
-        if path.endswith(".yaml"):
-            documents.extend(d for d in yaml.safe_load_all(text) if d)
-    return documents
-
-
-def of_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in documents if d["kind"] == kind]
-
+from tests.deploy.chart import CHART, KUBE_VERSION, ROOT, is_custom_resource, of_kind, render
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -89,6 +71,43 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hostpath-socket": {
         "spiffe": {"csiDriver": "", "hostPathSocketDir": "/run/spire/agent-sockets"}
     },
+    "every-option": {
+        "image": {"digest": "sha256:" + "ab" * 32},
+        "imagePullSecrets": [{"name": "registry"}],
+        "workers": 3,
+        "podAnnotations": {"example.org/team": "identity"},
+        "podLabels": {"example.org/tier": "security"},
+        "priorityClassName": "system-cluster-critical",
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "credential-broker"}},
+            }
+        ],
+        "extraEnv": [{"name": "TZ", "value": "UTC"}],
+        "extraVolumes": [{"name": "shipper-config", "configMap": {"name": "shipper"}}],
+        "extraVolumeMounts": [{"name": "shipper-config", "mountPath": "/etc/shipper"}],
+        "extraContainers": [
+            {
+                "name": "log-shipper",
+                "image": "registry.example.org/shipper:1.0",
+                "args": ["--watch", "/var/lib/credential-broker/audit"],
+                "volumeMounts": [
+                    {"name": "data", "mountPath": "/var/lib/credential-broker/audit"},
+                    {"name": "shipper-config", "mountPath": "/etc/shipper"},
+                ],
+            }
+        ],
+        "termination": {"preStopSleepSeconds": 3},
+        "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+        "spire": {"clusterSPIFFEIDs": {"enabled": True}},
+        "replicaCount": 1,
+        "state": {"backend": "sqlite"},
+        "audit": {"sink": "file", "existingClaim": "audit"},
+    },
+    "no-metrics-port": {"metrics": {"enabled": False}},
 }
 
 
@@ -110,7 +129,8 @@ def test_rendered_objects_validate_against_kubernetes_schemas(variant: str) -> N
         "ServiceAccount",
     }
     for document in documents:
-        kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
+        if not is_custom_resource(document):  # checked structurally in test_operations.py
+            kubernetes_validate.validate(document, KUBE_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -242,26 +262,20 @@ def test_spire_registration_entries() -> None:
     assert broker["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "credential-broker"}
     agents = by_name["credential-broker-agents"]["spec"]["podSelector"]["matchLabels"]
     assert agents == {"credential-broker.spiffe.io/client": "true"}
-    script = (ROOT / "spire-config" / "register.sh").read_text()
+    assert all(e["spec"]["className"] for e in entries)
+    registered = json.loads((ROOT / "spire-config" / "entries.json").read_text())["entries"]
+    for entry in registered:
+        parse_spiffe_id(entry["spiffe_id"])
+        parse_spiffe_id(entry["parent_id"])
+        assert entry["selectors"]
+    [broker_entry] = [e for e in registered if e["spiffe_id"].endswith("/sa/credential-broker")]
+    assert broker_entry["dns_names"] == ["credential-broker.credential-broker.svc"]
     assert (
         subprocess.run(
             ["sh", "-n", str(ROOT / "spire-config" / "register.sh")], check=False
         ).returncode
         == 0
     )
-    variables = {
-        "${td}": "example.org",
-        "${agent}": "claims",
-        "$node": "spiffe://${td}/spire/agent/x",
-    }
-    ids = re.findall(r'-spiffeID "([^"]+)"', script)
-    assert len(ids) == 4
-    for template in ids:
-        spiffe_id = template
-        for name, value in variables.items():
-            spiffe_id = spiffe_id.replace(name, value)
-        parse_spiffe_id(spiffe_id.replace("${td}", "example.org"))
-    assert "-dns credential-broker.credential-broker.svc" in script
 
 
 def test_spire_configs_agree_on_the_trust_domain() -> None:

@@ -82,7 +82,7 @@ class Identity:
         base: dict[str, Any] = {
             "trust_domain": self.td.name,
             "spiffe_id": self.broker_id,
-            "listen": {"host": "127.0.0.1", "port": 0},
+            "listen": {"host": "127.0.0.1", "port": 0, "drain_delay_seconds": 0},
             "identity": {
                 "source": "files",
                 "files": {

@@ -287,7 +287,12 @@ def vault_server(directory: Path) -> Iterator[VaultServer]:
     finally:
         if process.poll() is None:
             server.resume()  # a paused server would not act on SIGTERM
-        _stop(process.pid)
+        process.terminate()
+        try:
+            process.wait(timeout=10)  # reaps it: a zombie would look alive to `_stop`
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
         log.close()
 
 

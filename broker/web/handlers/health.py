@@ -6,7 +6,7 @@ from aiohttp import web
 
 from broker.errors import Unavailable
 from broker.metrics import CONTENT_TYPE
-from broker.web.keys import PROBES
+from broker.web.keys import DRAINING, PROBES
 from broker.web.problem import json_response
 
 __all__ = ["healthz", "metrics", "readyz"]
@@ -21,8 +21,11 @@ async def readyz(request: web.Request) -> web.Response:
     """The broker can issue: identity, state and audit are ready.
 
     Raises:
-        Unavailable: Some dependency is not ready; `checks` says which.
+        Unavailable: Shutting down, or some dependency is not ready; `checks` says which.
     """
+    draining = request.app.get(DRAINING)
+    if draining is not None and draining.is_set():
+        raise Unavailable("not ready: shutting down", retry_after=1, extra={"draining": True})
     checks = await request.app[PROBES].readiness()
     if not all(checks.values()):
         failing = ", ".join(name for name, ok in checks.items() if not ok)

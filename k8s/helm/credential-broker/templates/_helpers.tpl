@@ -27,6 +27,40 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "spiffe://%s/ns/%s/sa/%s" .Values.trustDomain .Release.Namespace (include "broker.serviceAccountName" .)) .Values.spiffeId -}}
 {{- end -}}
 
+{{/* The container image: repository@digest when a digest is set, else repository:tag. */}}
+{{- define "broker.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Worker processes (`broker serve --workers N`). "auto": the container's CPU request rounded
+up to whole CPUs ("500m" -> 1, "1.5" -> 2, "2" -> 2), at least 1.
+*/}}
+{{- define "broker.workers" -}}
+{{- if eq (toString .Values.workers) "auto" -}}
+{{- $cpu := toString (dig "requests" "cpu" "" (.Values.resources | default dict)) -}}
+{{- $n := 1 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $n = div (add (trimSuffix "m" $cpu | atoi) 999) 1000 -}}
+{{- else if $cpu -}}
+{{- $n = ceil (float64 $cpu) | int -}}
+{{- end -}}
+{{- max 1 $n -}}
+{{- else -}}
+{{- int .Values.workers -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Long enough for the preStop sleep, the broker's drain delay and shutdown timeout. */}}
+{{- define "broker.terminationGracePeriodSeconds" -}}
+{{- $t := .Values.termination -}}
+{{- add (int $t.preStopSleepSeconds) (int $t.drainDelaySeconds) (int $t.shutdownTimeoutSeconds) (int $t.extraGraceSeconds) -}}
+{{- end -}}
+
 {{- define "broker.config" -}}
 trust_domain: {{ .Values.trustDomain }}
 spiffe_id: {{ include "broker.spiffeId" . }}
@@ -34,6 +68,13 @@ log_level: {{ .Values.logLevel }}
 listen:
   host: 0.0.0.0
   port: 8443
+  drain_delay_seconds: {{ int .Values.termination.drainDelaySeconds }}
+  shutdown_timeout_seconds: {{ int .Values.termination.shutdownTimeoutSeconds }}
+{{- if .Values.metrics.enabled }}
+metrics:
+  host: 0.0.0.0
+  port: {{ int .Values.metrics.port }}
+{{- end }}
 identity:
   source: workload_api
   workload_api:
