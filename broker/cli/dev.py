@@ -50,7 +50,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     init.set_defaults(run=_init)
 
     token = sub.add_parser("user-token", help="print a user token from the development IdP")
-    token.add_argument("--dir", type=Path, required=True)
+    token.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="default: .broker-dev")
     token.add_argument("--user", required=True)
     token.add_argument("--tier", default="standard")
     token.add_argument("--ttl", type=_ttl, default=3600, help="seconds, default 3600")
@@ -58,7 +58,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     token.set_defaults(run=_user_token)
 
     svid = sub.add_parser("jwt-svid", help="print a JWT-SVID for a demo agent")
-    svid.add_argument("--dir", type=Path, required=True)
+    svid.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="default: .broker-dev")
     svid.add_argument("--agent", required=True, choices=DEMO_AGENTS)
     svid.add_argument("--audience", default=None, help="default: the broker's SPIFFE ID")
     svid.add_argument("--ttl", type=_ttl, default=300)
