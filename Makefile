@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench manifests system-deps clean install
+.PHONY: run test lint bench bench-deps manifests system-deps clean install
 
 run: $(STAMP)
 	$(BIN)/broker dev
@@ -24,8 +24,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINT_DIRS)
 	$(BIN)/mypy
 
-bench: $(STAMP) system-deps
-	$(BIN)/python -m bench
+# The benchmark table of issue #10 (bench/README.md). BENCH_ARGS="--quick" for a smoke run.
+# py-spy (for `python -m bench.profile`) is a bench-only tool: installed here, not in the extras.
+BENCH_ARGS ?=
+
+bench: $(STAMP) bench-deps
+	@test -x $(BIN)/py-spy || $(BIN)/pip install --quiet py-spy
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# wrk drives the HTTPS bearer rows (apt, like redis-server for the tests).
+bench-deps:
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk (apt)"; $(call APT_INSTALL,wrk); }
 
 manifests: $(STAMP)
 	$(BIN)/python k8s/render.py

@@ -1,0 +1,73 @@
+"""Row 8: open-loop latency at a fixed offered rate, on the mTLS and the JWT-SVID paths.
+
+Requests leave on a schedule (`--rate` per second in all, spread over the generator
+processes), not when the previous answer came back, and each latency runs from the
+request's scheduled send time: a server that falls behind shows its queueing in the
+percentiles instead of slowing the generator down (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+from bench.harness import Bench
+from bench.model import Check, Load, Result
+from bench.registry import row
+from bench.rows.common import ISSUE_BODY, bearer
+from bench.targets import bind_p99
+
+P99_TARGET_MS = 10.0
+# The achieved rate may fall short of the offered one by this much before it is flagged.
+RATE_TOLERANCE = 0.98
+
+
+def _achieved(load: Load) -> Check:
+    offered = load.offered or 0.0
+    achieved = load.rps
+    return Check(
+        "rate",
+        ok=achieved >= RATE_TOLERANCE * offered and not load.unexpected,
+        detail=(
+            f"achieved {achieved:.0f}/s of {offered:g}/s offered; of the window's "
+            f"{sum(load.statuses.values()) + load.errors.get('unanswered', 0):,} scheduled "
+            f"requests, {load.ok:,} answered {load.expected}"
+            + (f", scheduler lag up to {load.late_max_ms:.1f} ms" if load.late_max_ms else "")
+        ),
+    )
+
+
+def _open_loop(bench: Bench, key: str, label: str, *, mtls: bool) -> list[Result]:
+    rate = bench.options.rate
+    with bench.broker(key) as broker:
+        if mtls:
+            load = bench.clients(
+                f"{broker.url}/v1/credentials",
+                expected=201,
+                body=ISSUE_BODY,
+                cert=bench.domain.agent_cert("analytics"),
+                mode="open",
+                rate=rate,
+            )
+        else:
+            load = bench.clients(
+                f"{broker.url}/v1/credentials",
+                expected=201,
+                body=ISSUE_BODY,
+                headers=bearer(bench.domain.jwt_svid("analytics")),
+                mode="open",
+                rate=rate,
+            )
+        audit = bench.audit_check(broker, issued=load.seen_status(201))
+    result = Result(
+        key, f"{label}, open loop {rate:g}/s offered", load=load, checks=[_achieved(load), audit]
+    )
+    result.targets.append(bind_p99(result, P99_TARGET_MS))
+    return [result]
+
+
+@row("open-mtls", "open-loop latency at a fixed rate, mTLS")
+def open_mtls(bench: Bench) -> list[Result]:
+    return _open_loop(bench, "open-mtls", "issuance mTLS", mtls=True)
+
+
+@row("open-jwt", "open-loop latency at a fixed rate, JWT-SVID bearer")
+def open_jwt(bench: Bench) -> list[Result]:
+    return _open_loop(bench, "open-jwt", "issuance JWT-SVID", mtls=False)
