@@ -19,11 +19,11 @@ import yaml
 
 from bench.timing import per_call_us
 from broker.clock import SystemClock
-from broker.config.settings import JwtIssuerSettings, ToolSettings
+from broker.config.settings import ToolSettings
 from broker.domain import AuthMethod, Caller, RequestContext, UserContext
 from broker.issuers.base import IssueRequest
-from broker.issuers.jwt import JwtIssuer
-from broker.issuers.keys import KeyRing
+from broker.issuers.jwt import JwtIssuer, KeyRing
+from broker.issuers.jwt.config import JwtIssuerSettings
 from broker.policy.engine import PolicyEngine
 from broker.policy.loader import load_policy
 

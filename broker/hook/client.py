@@ -19,6 +19,7 @@ from cryptography import x509
 from broker.hook.errors import EXIT_UNREACHABLE, EXIT_USAGE, HookError
 from broker.hook.identity.tls import spiffe_id_of
 from broker.hook.model import BrokerResponse
+from broker.hook.settings import AuthMode
 from broker.hook.typing import Identity
 
 __all__ = ["BrokerClient", "default_broker_id"]
@@ -30,7 +31,7 @@ class BrokerClient:
     """A `Broker` over HTTPS, authenticated with the pod's SVID."""
 
     def __init__(
-        self, url: str, broker_id: str, identity: Identity, *, auth: str, timeout: float
+        self, url: str, broker_id: str, identity: Identity, *, auth: AuthMode, timeout: float
     ) -> None:
         """Create the client.
 
@@ -64,9 +65,9 @@ class BrokerClient:
 
     def _post(self, path: str, payload: bytes, content_type: str) -> BrokerResponse:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
-        if self._auth == "jwt":
+        if self._auth is AuthMode.JWT:
             headers["Authorization"] = f"Bearer {self._identity.jwt_svid(self._broker_id)}"
-        context = self._identity.tls_context(present_svid=self._auth == "x509")
+        context = self._identity.tls_context(present_svid=self._auth is AuthMode.X509)
         connection = http.client.HTTPSConnection(
             self._host, self._port, context=context, timeout=self._timeout
         )

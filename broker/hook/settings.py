@@ -11,12 +11,21 @@ import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from broker.hook.errors import EXIT_USAGE, HookError
 from broker.hook.identity.files import SvidFiles
 from broker.hook.notify import SignalTarget, parse_signal
+
+
+class AuthMode(StrEnum):
+    """How the hook presents the pod's SPIFFE identity to the broker."""
+
+    X509 = "x509"  # the X.509-SVID as TLS client certificate (mTLS)
+    JWT = "jwt"  # a JWT-SVID in `Authorization: Bearer`
+
 
 __all__ = ["FORMATS", "HookSettings", "build_parser", "parse_settings"]
 
@@ -43,7 +52,7 @@ class HookSettings:
     ttl: int | None
     user_token_file: Path | None
     reason: str | None
-    auth: str
+    auth: AuthMode
     socket: str | None
     svid_files: SvidFiles | None
     timeout: float
@@ -128,8 +137,8 @@ _OPTIONS: list[tuple[tuple[str, ...], str | None, dict[str, Any]]] = [
         ("--auth",),
         "BROKER_HOOK_AUTH",
         {
-            "choices": ("x509", "jwt"),
-            "default": "x509",
+            "choices": tuple(AuthMode),
+            "default": AuthMode.X509.value,
             "help": "present the X.509-SVID (mTLS) or a JWT-SVID",
         },
     ),
@@ -341,7 +350,7 @@ def _svid_files(args: argparse.Namespace) -> SvidFiles | None:
         bundle=Path(args.svid_bundle_file) if args.svid_bundle_file else None,
         jwt_svid=Path(args.jwt_svid_file) if args.jwt_svid_file else None,
     )
-    if args.auth == "jwt" and files.jwt_svid is None:
+    if args.auth == AuthMode.JWT and files.jwt_svid is None:
         raise _fail("--auth jwt with SVID files needs --jwt-svid-file")
     return files
 
@@ -415,7 +424,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> HookSettings:
         ttl=args.ttl or None,
         user_token_file=Path(args.user_token_file) if args.user_token_file else None,
         reason=args.reason or None,
-        auth=args.auth,
+        auth=AuthMode(args.auth),
         socket=args.socket or None,
         svid_files=_svid_files(args),
         timeout=args.timeout,
