@@ -22,12 +22,15 @@ from urllib.parse import unquote
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from broker.authn.cache import VerifiedCache
 from broker.authn.jwt_svid import JwtSvidVerifier
 from broker.authn.x509 import X509SvidVerifier
+from broker.clock import SystemClock
 from broker.domain import Caller
 from broker.errors import Unauthenticated
 from broker.identity.material import spiffe_id_of
 from broker.jose import JoseError, unverified_claims
+from broker.typing import Clock
 
 __all__ = ["Presented", "SvidAuthenticator", "parse_xfcc", "presented_identity"]
 
@@ -62,6 +65,9 @@ class SvidAuthenticator:
         x509_verifier: X509SvidVerifier,
         jwt_verifier: JwtSvidVerifier,
         trusted_proxies: frozenset[str] = frozenset(),
+        *,
+        clock: Clock | None = None,
+        cache: VerifiedCache | None = None,
     ) -> None:
         """Create the authenticator.
 
@@ -69,10 +75,16 @@ class SvidAuthenticator:
             x509_verifier: Verifies X.509-SVID chains.
             jwt_verifier: Verifies JWT-SVIDs.
             trusted_proxies: SPIFFE IDs whose forwarded client certificates are believed.
+            clock: For the cache's expiries (the system clock by default).
+            cache: Successful verifications, reused until the SVID expires or the trust
+                bundles change (see `broker.authn.cache`); the caller clears it on rotation.
         """
         self._x509 = x509_verifier
         self._jwt = jwt_verifier
         self._proxies = trusted_proxies
+        self._clock = clock or SystemClock()
+        self.cache = cache or VerifiedCache()
+        self.verifications = 0  # full verifications run (the hot-path regression test reads it)
 
     def verify_jwt_svid(self, token: str) -> Caller:
         """Verify a JWT-SVID on its own (an exchange's `actor_token`).
@@ -89,7 +101,8 @@ class SvidAuthenticator:
             Unauthenticated: Nothing presented (`presented=False`), or something that
                 does not verify.
         """
-        tls_caller = self._x509.verify(presented.peer_chain) if presented.peer_chain else None
+        now = self._clock.time()
+        tls_caller = self._x509_cached(presented.peer_chain, now) if presented.peer_chain else None
         if (
             tls_caller is not None
             and tls_caller.spiffe_id in self._proxies
@@ -98,7 +111,7 @@ class SvidAuthenticator:
             tls_caller = self._forwarded(presented.forwarded_client_cert, tls_caller.spiffe_id)
 
         bearer = _bearer(presented.authorization)
-        bearer_caller = self._jwt.verify(bearer) if bearer is not None else None
+        bearer_caller = self._jwt_cached(bearer, now) if bearer is not None else None
 
         if tls_caller is not None and bearer_caller is not None:
             if tls_caller.spiffe_id != bearer_caller.spiffe_id:
@@ -120,6 +133,24 @@ class SvidAuthenticator:
             "or a JWT-SVID in 'Authorization: Bearer'",
             presented=False,
         )
+
+    def _x509_cached(self, chain: tuple[bytes, ...], now: float) -> Caller:
+        key = b"x509:" + hashlib.sha256(chain[0]).digest()
+        caller = self.cache.get(key, now)
+        if caller is None:
+            self.verifications += 1
+            caller = self._x509.verify(chain)
+            self.cache.put(key, caller, now)
+        return caller
+
+    def _jwt_cached(self, token: str, now: float) -> Caller:
+        key = b"jwt:" + hashlib.sha256(token.encode()).digest()
+        caller = self.cache.get(key, now)
+        if caller is None:
+            self.verifications += 1
+            caller = self._jwt.verify(token)
+            self.cache.put(key, caller, now)
+        return caller
 
     def _forwarded(self, header: str, proxy: str) -> Caller:
         if len(header) > _MAX_XFCC_BYTES:

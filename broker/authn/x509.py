@@ -199,6 +199,7 @@ class X509SvidVerifier:
             spiffe_id=spiffe_id,
             trust_domain=trust_domain,
             method=AuthMethod.X509_SVID,
-            expires_at=leaf.not_valid_after_utc,
+            # The chain is only as good as its first certificate to expire.
+            expires_at=min(c.not_valid_after_utc for c in certs),
             x509_sha256=hashlib.sha256(chain_der[0]).hexdigest(),
         )

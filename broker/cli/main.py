@@ -25,6 +25,7 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+MAX_WORKERS = 64
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the broker with a YAML configuration")
     serve.add_argument("--config", required=True, type=Path, metavar="FILE")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes sharing the port (SO_REUSEPORT), each with its own audit chain",
+    )
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.set_defaults(run=_serve)
 
     dev.add_commands(commands)
@@ -51,10 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from broker.web.server import serve  # noqa: PLC0415 - keeps `broker --help` fast
+    from broker.workers import for_worker, run_workers  # noqa: PLC0415
 
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}")
     settings = load_settings(args.config)
     configure_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    if args.workers > 1 and args.worker_index is None:
+        for_worker(settings, 0, args.workers)  # refuse what workers cannot share, up front
+        return run_workers(args.config, args.workers)
+    asyncio.run(serve(for_worker(settings, args.worker_index or 0, args.workers)))
     return EXIT_OK
 
 

@@ -52,7 +52,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, parser_class=type(keys))
     rotate = keys_sub.add_parser("rotate", help="add a successor signing key to a key file")
     rotate.add_argument("--file", type=Path, required=True)
-    rotate.add_argument("--algorithm", choices=ISSUER_ALGORITHMS, default="EdDSA")
+    rotate.add_argument("--algorithm", choices=ISSUER_ALGORITHMS, default="ES256")
     rotate.add_argument(
         "--publish-ahead",
         type=int,
@@ -84,20 +84,45 @@ def _audit_verify(args: argparse.Namespace) -> int:
         if not isinstance(loaded, ed25519.Ed25519PublicKey):
             raise ConfigError(f"{args.public_key}: not an Ed25519 public key")
         key = loaded
-    head = None
-    head_file = args.files[-1].with_name(args.files[-1].name + ".head")
-    if not args.no_head and head_file.is_file():
+    chains = _by_chain(args.files)
+    failed = False
+    for chain, files in chains.items():
+        head = None
+        head_file = files[-1].with_name(files[-1].name + ".head")
+        if not args.no_head and head_file.is_file():
+            try:
+                head = json.loads(head_file.read_text())
+            except (OSError, ValueError):
+                raise ConfigError(f"{head_file}: not a readable head file") from None
+        result = verify_files(files, key, head)
+        label = f"chain {chain}: " if len(chains) > 1 else ""
+        if result.ok:
+            signed = f", {result.checkpoints} checkpoints" + (" verified" if key else "")
+            print(f"OK: {label}{result.message}{signed if result.checkpoints else ''}")  # noqa: T201
+        else:
+            print(f"FAILED: {label}{result.message}")  # noqa: T201
+            failed = True
+    return 1 if failed else 0
+
+
+def _by_chain(files: list[Path]) -> dict[str, list[Path]]:
+    """The files of each chain, in the order given (`--workers` writes one chain each).
+
+    A file is placed by the `chain` of its first record; one that cannot be read stays in
+    a group of its own, where verification reports it.
+    """
+    chains: dict[str, list[Path]] = {}
+    for path in files:
+        chain = f"<{path}>"
         try:
-            head = json.loads(head_file.read_text())
+            with path.open("rb") as handle:
+                first = json.loads(handle.readline() or b"{}")
+            if isinstance(first, dict) and isinstance(first.get("chain"), str):
+                chain = first["chain"]
         except (OSError, ValueError):
-            raise ConfigError(f"{head_file}: not a readable head file") from None
-    result = verify_files(args.files, key, head)
-    if result.ok:
-        signed = f", {result.checkpoints} checkpoints" + (" verified" if key else "")
-        print(f"OK: {result.message}{signed if result.checkpoints else ''}")  # noqa: T201
-        return 0
-    print(f"FAILED: {result.message}")  # noqa: T201
-    return 1
+            pass
+        chains.setdefault(chain, []).append(path)
+    return chains
 
 
 def _keys_rotate(args: argparse.Namespace) -> int:

@@ -123,6 +123,7 @@ class Settings:
     resource_servers: frozenset[str] = frozenset()
     log_level: str = "info"
     metrics: MetricsSettings | None = None
+    workers: int = 1  # processes serving this configuration (`broker serve --workers`)
 
     def tool(self, name: str) -> ToolSettings | None:
         """A tool by name."""

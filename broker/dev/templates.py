@@ -52,7 +52,7 @@ user_token_issuers:
 # The broker's own JWT issuer (tools of type `jwt`).
 jwt_issuer:
   # issuer: https://broker.{trust_domain}   # default: https://<listen host>:<port>
-  algorithm: EdDSA
+  algorithm: ES256           # EdDSA also works, but RFC 9068 validators refuse it by default
   keys_file: issuer/keys.json
   auto_rotate: true              # one process: rotate weekly; replicas share a Secret instead
   rotation_hours: 168

@@ -183,7 +183,7 @@ def _generate(td: DevTrustDomain, now: datetime) -> None:
 
     ensure_private_dir(td.root / "issuer")
     add_key(
-        td.root / "issuer" / "keys.json", "EdDSA", now=now.timestamp(), publish_ahead=0, leeway=60
+        td.root / "issuer" / "keys.json", "ES256", now=now.timestamp(), publish_ahead=0, leeway=60
     )
 
     ensure_private_dir(td.root / "audit")

@@ -95,6 +95,7 @@ async def serve(
             settings.listen.port,
             ssl_context=runtime.tls.context,
             reuse_address=True,
+            reuse_port=settings.workers > 1,
             backlog=1024,
         )
         await site.start()

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from broker.config.reader import Reader
+from broker.errors import ConfigError
 from broker.issuers.base import IssuerDeps, IssuerParts, ToolOptions
 from broker.issuers.jwt.config import JwtIssuerSettings, parse_jwt_issuer, parse_jwt_tool
 from broker.issuers.jwt.issuer import JwtIssuer
@@ -27,6 +28,9 @@ class _Factory:
     @asynccontextmanager
     async def open(self, deps: IssuerDeps, settings: object) -> AsyncIterator[IssuerParts]:
         assert isinstance(settings, JwtIssuerSettings)
+        if deps.settings.workers > 1 and settings.keys_file is None:
+            # An in-memory key per process: each worker would publish a different JWKS.
+            raise ConfigError("jwt_issuer.keys_file is required with --workers above 1")
         keys = KeyRing(settings, deps.clock)
         keys.load()
         await keys.start()

@@ -26,7 +26,8 @@ class JwtIssuerSettings:
     """
 
     issuer: str | None
-    algorithm: str = "EdDSA"
+    # ES256: RFC 9068 validators (authlib, joserfc) refuse EdDSA by default (RFC 9864).
+    algorithm: str = "ES256"
     keys_file: Path | None = None
     auto_rotate: bool = True
     rotation_hours: float = 168.0

@@ -5,13 +5,12 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-import jwt
-
 from broker.constants import ISSUER_ALGORITHMS
 from broker.domain import Credential, Secret
 from broker.issuers.base import IssueRequest, act_claim
 from broker.issuers.jwt.keys import KeyRing
-from broker.jose import JoseError, check_time_claims, decode_verified, unverified_header
+from broker.issuers.jwt.signer import encoded_header, sign_compact
+from broker.jose import JoseError, check_time_claims, decode_verified, parse_jwt
 from broker.typing import Clock
 
 __all__ = ["JwtIssuer"]
@@ -83,11 +82,10 @@ class JwtIssuer:
         now = int(self._clock.time())
         jti = secrets.token_urlsafe(18)
         key = self._keys.signing_key()
-        token = jwt.encode(
+        token = sign_compact(
+            encoded_header(key.alg, key.kid, TOKEN_TYPE),
             self.claims(request, jti=jti, now=now),
             key.private_key,
-            algorithm=key.alg,
-            headers={"kid": key.kid, "typ": TOKEN_TYPE},
         )
         return Credential(
             tool=request.tool.name,
@@ -106,14 +104,14 @@ class JwtIssuer:
         Revocation is the state store's business, not this method's.
         """
         try:
-            header = unverified_header(
+            parsed = parse_jwt(
                 token, allowed_algorithms=ISSUER_ALGORITHMS, allowed_types=(TOKEN_TYPE,)
             )
-            kid = header.get("kid")
+            kid = parsed.header.get("kid")
             key = self._keys.verification_key(kid) if isinstance(kid, str) else None
             if key is None:
                 return None
-            claims = decode_verified(token, key.private_key.public_key(), str(header["alg"]))
+            claims = decode_verified(parsed, key.private_key.public_key(), parsed.alg)
             check_time_claims(claims, now=self._clock.time(), leeway=0)
         except JoseError:
             return None

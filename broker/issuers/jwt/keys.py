@@ -16,9 +16,12 @@ changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +130,22 @@ def _parse(path: Path) -> list[SigningKey]:
     return keys
 
 
+@contextlib.contextmanager
+def key_file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`'s lock file: one writer of the key file at a time.
+
+    Several processes (`--workers`, or replicas on a shared volume) may find the file
+    missing or a rotation due at the same moment; under the lock, each checks again.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def add_key(path: Path, alg: str, *, now: float, publish_ahead: int, leeway: int) -> SigningKey:
     """Add a successor key to a key file (creating it), pruning keys retired long enough.
 
@@ -196,13 +215,15 @@ class KeyRing:
         if not path.exists():
             if not self._settings.auto_rotate:
                 raise ConfigError(f"{path}: signing key file not found (auto_rotate is off)")
-            add_key(
-                path,
-                self._settings.algorithm,
-                now=now,
-                publish_ahead=0,
-                leeway=self._settings.leeway_seconds,
-            )
+            with key_file_lock(path):
+                if not path.exists():  # another process may have created it meanwhile
+                    add_key(
+                        path,
+                        self._settings.algorithm,
+                        now=now,
+                        publish_ahead=0,
+                        leeway=self._settings.leeway_seconds,
+                    )
         self._read(path)
 
     def _read(self, path: Path) -> None:
@@ -249,18 +270,25 @@ class KeyRing:
             return
         if not self._settings.auto_rotate:
             return
-        now = self._clock.time()
-        newest = max(self._keys, key=lambda k: k.not_before)
-        if now - newest.not_before >= self._settings.rotation_hours * 3600:
+        if not self._rotation_due():
+            return
+        with key_file_lock(path):
+            self._read(path)  # another process may have rotated meanwhile
+            if not self._rotation_due():
+                return
             new = add_key(
                 path,
                 self._settings.algorithm,
-                now=now,
+                now=self._clock.time(),
                 publish_ahead=self._settings.publish_ahead_seconds,
                 leeway=self._settings.leeway_seconds,
             )
             self._read(path)
-            log.info("signing key rotated", new_kid=new.kid, active_from=new.not_before)
+        log.info("signing key rotated", new_kid=new.kid, active_from=new.not_before)
+
+    def _rotation_due(self) -> bool:
+        newest = max(self._keys, key=lambda k: k.not_before)
+        return self._clock.time() - newest.not_before >= self._settings.rotation_hours * 3600
 
     async def start(self, interval: float = 5.0) -> None:
         """Maintain the keys in the background."""

@@ -34,11 +34,11 @@ def ring(path: Path, clock: ManualClock, **options: object) -> KeyRing:
 
 
 def test_first_load_creates_a_private_key_file(tmp_path: Path, clock: ManualClock) -> None:
-    """With auto-rotation the key file is created (0600) with one active EdDSA key."""
+    """With auto-rotation the key file is created (0600) with one active ES256 key (the default)."""
     path = tmp_path / "keys.json"
     keys = ring(path, clock)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [k.alg for k in keys.keys] == ["EdDSA"]
+    assert [k.alg for k in keys.keys] == ["ES256"]
     jwks = keys.jwks()
     assert all("d" not in k for k in jwks["keys"])
     assert jwks["keys"][0]["kid"] == keys.signing_key().kid
