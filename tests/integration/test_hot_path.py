@@ -1,0 +1,114 @@
+"""Hot-path regression guards: what a request must not do again (counted, never timed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from broker.clock import SystemClock
+from broker.dev.trust_domain import mint_jwt_svid
+from tests.support import leaks
+from tests.support.broker import eventually
+from tests.support.devbroker import DevBroker, dev_broker
+from tests.support.pki import TrustDomain
+
+ANALYTICS = {"tools": ["analytics_api"]}
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[DevBroker]:
+    """The development trust domain, served in-process over real TLS."""
+    async with dev_broker(tmp_path / "dev") as running:
+        yield running
+
+
+def bearer(broker: DevBroker) -> dict[str, str]:
+    token = mint_jwt_svid(
+        broker.td,
+        agent="analytics",
+        audience=broker.settings.spiffe_id,
+        ttl=600,
+        clock=SystemClock(),
+    )
+    leaks.remember(token)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_jwt_svid_is_verified_once_for_many_requests(broker: DevBroker) -> None:
+    """Twenty issuances with one JWT-SVID: one full verification, nineteen cache hits."""
+    authenticator = broker.running.runtime.pipeline.authenticator
+    headers = bearer(broker)
+    before = authenticator.verifications
+    anonymous = broker.agent(None)
+    for _ in range(20):
+        response = await anonymous.credentials(ANALYTICS, headers=headers)
+        assert response.status == 201, response.body
+    assert authenticator.verifications - before == 1
+
+
+async def test_a_client_certificate_is_verified_once_across_connections(
+    broker: DevBroker,
+) -> None:
+    """Twenty issuances over twenty new mTLS connections: the chain is verified once."""
+    authenticator = broker.running.runtime.pipeline.authenticator
+    before = authenticator.verifications
+    for _ in range(20):  # each `credentials` call opens a new connection
+        assert (await broker.agent("analytics").credentials(ANALYTICS)).status == 201
+    assert authenticator.verifications - before == 1
+
+
+async def test_a_revoked_agent_is_refused_although_its_svid_is_cached(broker: DevBroker) -> None:
+    """Revocation is checked on every request, cache hit or not."""
+    headers = bearer(broker)
+    anonymous = broker.agent(None)
+    assert (await anonymous.credentials(ANALYTICS, headers=headers)).status == 201
+    revoked = await broker.agent("admin").request(
+        "POST",
+        "/v1/admin/agents/revoke",
+        json_body={"spiffe_id": "spiffe://example.org/agent/analytics"},
+    )
+    assert revoked.status == 200
+    assert (await anonymous.credentials(ANALYTICS, headers=headers)).status == 401
+    assert (await broker.agent("analytics").credentials(ANALYTICS)).status == 401
+
+
+async def test_a_bundle_rotation_forgets_what_was_verified(broker: DevBroker) -> None:
+    """A new trust bundle: the next request is verified again under it."""
+    authenticator = broker.running.runtime.pipeline.authenticator
+    headers = bearer(broker)
+    anonymous = broker.agent(None)
+    assert (await anonymous.credentials(ANALYTICS, headers=headers)).status == 201
+    assert len(authenticator.cache) == 1
+    # A second authority joins the bundle file (as at the start of a CA rotation).
+    bundle = broker.td.ca_bundle
+    bundle.write_bytes(bundle.read_bytes() + TrustDomain("example.org").bundle_pem())
+    await eventually(lambda: len(authenticator.cache) == 0, within=10)
+    before = authenticator.verifications
+    assert (await anonymous.credentials(ANALYTICS, headers=headers)).status == 201
+    assert authenticator.verifications - before == 1
+
+
+async def test_state_reads_never_cross_to_the_writer_thread(broker: DevBroker) -> None:
+    """Per issuance one write (the credential record) is queued; revocation checks are reads."""
+    committer = broker.running.runtime.state._committer
+    before = committer.submitted
+    for _ in range(10):
+        assert (await broker.agent("analytics").credentials(ANALYTICS)).status == 201
+    assert committer.submitted - before == 10
+
+
+async def test_concurrent_writes_share_batches(broker: DevBroker) -> None:
+    """Thirty-two concurrent issuances are committed in fewer batches than requests."""
+    committer = broker.running.runtime.state._committer
+    headers = bearer(broker)
+    anonymous = broker.agent(None)
+    before_batches, before_ops = committer.batches, committer.submitted
+    responses = await asyncio.gather(
+        *(anonymous.credentials(ANALYTICS, headers=headers) for _ in range(32))
+    )
+    assert all(r.status == 201 for r in responses)
+    assert committer.submitted - before_ops == 32
+    assert committer.batches - before_batches < 32

@@ -1,0 +1,127 @@
+"""`broker serve --workers 2`: two processes on one port, one audit chain each, shared state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from broker.clock import SystemClock
+from broker.dev.trust_domain import DevTrustDomain, init_trust_domain
+from tests.support import leaks
+from tests.support.broker import BrokerProcess, free_port
+from tests.support.devbroker import Agent
+
+ANALYTICS = {"tools": ["analytics_api"]}
+
+
+@pytest.fixture
+def td(tmp_path: Path) -> DevTrustDomain:
+    trust_domain, _ = init_trust_domain(tmp_path / "dev", None, SystemClock())
+    leaks.watch_audit(trust_domain.root)
+    return trust_domain
+
+
+def configure(td: DevTrustDomain, port: int) -> Path:
+    data = yaml.safe_load(td.config.read_text())
+    data["listen"]["port"] = port
+    td.config.write_text(yaml.safe_dump(data))
+    return td.config
+
+
+def audit_records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+async def test_two_workers_share_the_port_state_and_keys(
+    td: DevTrustDomain, tmp_path: Path
+) -> None:
+    """Requests spread over both workers; each writes its own chain; a revocation holds on both."""
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    config = configure(td, port)
+    process = BrokerProcess(["serve", "--config", str(config), "--workers", "2"], cwd=tmp_path)
+    process.start()
+    try:
+        process.wait_ready(url, td.ca_bundle)
+        analytics = Agent(td, url, "analytics")
+        for _ in range(24):  # a new connection each: SO_REUSEPORT spreads them
+            assert (await analytics.credentials(ANALYTICS)).status == 201
+        chains = [td.root / "audit.w0.log", td.root / "audit.w1.log"]
+        issued = [
+            [r for r in audit_records(p) if r["event"] == "credential.issued"] for p in chains
+        ]
+        assert all(issued), "both workers served requests"
+        assert sum(len(i) for i in issued) == 24
+        assert {r["chain"] for r in issued[0]} != {r["chain"] for r in issued[1]}
+
+        # One JWKS: both workers sign with keys of the one key file.
+        jwks = {
+            json.dumps((await Agent(td, url, None).request("GET", "/.well-known/jwks.json")).body)
+            for _ in range(8)
+        }
+        assert len(jwks) == 1
+
+        admin = Agent(td, url, "admin")
+        revoked = await admin.request(
+            "POST",
+            "/v1/admin/agents/revoke",
+            json_body={"spiffe_id": "spiffe://example.org/agent/analytics"},
+        )
+        assert revoked.status == 200
+        statuses = [(await analytics.credentials(ANALYTICS)).status for _ in range(12)]
+        assert statuses == [401] * 12  # whichever worker answers
+    finally:
+        assert process.stop() == 0
+
+    verify = subprocess.run(
+        [sys.executable, "-m", "broker", "audit", "verify", *map(str, chains)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.count("OK: chain ") == 2
+
+
+async def test_a_worker_that_dies_stops_the_set(td: DevTrustDomain, tmp_path: Path) -> None:
+    """A worker killed from outside: the parent stops the other and exits 1."""
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    config = configure(td, port)
+    process = BrokerProcess(["serve", "--config", str(config), "--workers", "2"], cwd=tmp_path)
+    process.start()
+    try:
+        process.wait_ready(url, td.ca_bundle)
+        assert process.proc is not None
+        children = subprocess.run(
+            ["pgrep", "-P", str(process.proc.pid)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        assert len(children) == 2
+        os.kill(int(children[0]), signal.SIGKILL)
+        await asyncio.to_thread(process.proc.wait, 30)
+        assert process.proc.returncode == 1
+    finally:
+        process.stop()
+
+
+def test_workers_need_a_fixed_port(td: DevTrustDomain, tmp_path: Path) -> None:
+    """Port 0 cannot be shared: a configuration error, exit 2, one line."""
+    config = configure(td, 0)
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", "serve", "--config", str(config), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--workers needs a fixed port" in result.stderr
