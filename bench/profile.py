@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--raw", type=Path, help="also keep py-spy's raw output here")
     parser.add_argument("--workers", type=int, help="broker serve --workers N (if supported)")
+    parser.add_argument(
+        "--gil", action="store_true", help="only samples holding the GIL (where Python CPU goes)"
+    )
     args = parser.parse_args(argv)
     spy = _py_spy()
     if spy is None:
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if args.workers:
                 argv_spy.append("-s")
+            if args.gil:
+                argv_spy.append("--gil")
             sampler = procs.spawn("py-spy", argv_spy, log=workdir / "py-spy.log")
             try:
                 load = bench.wrk(
