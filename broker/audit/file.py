@@ -103,6 +103,9 @@ class FileAuditSink:
             self._fsync = False
             self._max_bytes = 1 << 62
         self.batches = 0
+        self._lock = asyncio.Lock()  # one batch in flight: the chain never forks
+        self._stalled = False
+        self._size = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -128,11 +131,12 @@ class FileAuditSink:
         for task in self._tasks:
             await stop_task(task)
         loop = asyncio.get_running_loop()
-        if self._queue:
-            await self._flush(loop)
-        if self._signer is not None and self._healthy and self._since_checkpoint:
-            with contextlib.suppress(OSError):
-                await loop.run_in_executor(self._executor, self._write_batch, [])
+        async with self._lock:
+            if self._queue:
+                await self._flush()
+            if self._signer is not None and self._healthy and self._since_checkpoint:
+                with contextlib.suppress(OSError, TimeoutError):
+                    await asyncio.wait_for(self._append_records([]), self._timeout)
         if self._fd is not None:
             fd, self._fd = self._fd, None
             await loop.run_in_executor(self._executor, os.close, fd)
@@ -150,13 +154,16 @@ class FileAuditSink:
         Raises:
             Unavailable: The record could not be written in time (nothing may be issued).
         """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        if self._stalled:
+            # A write is stuck past its deadline (a hung disk): fail at once rather than
+            # queue behind it; `/readyz` is already false.
+            raise Unavailable("the audit trail cannot record the request in time")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (event.to_record(), future)
         self._queue.append(entry)
         self._wakeup.set()
         try:
-            await asyncio.wait_for(asyncio.shield(future), self._timeout)
+            await asyncio.wait_for(future, self._timeout)
         except TimeoutError:
             # Withdraw the record if the writer has not taken it yet: the request fails,
             # so the record must not appear later claiming it succeeded.
@@ -166,29 +173,77 @@ class FileAuditSink:
             raise Unavailable("the audit trail cannot record the request in time") from None
 
     async def _writer(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            await self._flush(loop)
+            async with self._lock:
+                await self._flush()
 
-    async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _flush(self) -> None:
+        """Write the queued records; each waiting request learns the outcome in time.
+
+        The records are linked into the chain on the loop, then written and fsynced on
+        the writer thread.
+        """
         batch, self._queue = self._queue, []
         if not batch:
             return
-        try:
-            await loop.run_in_executor(self._executor, self._write_batch, [r for r, _ in batch])
-        except OSError as exc:
-            self._mark_failed(exc)
+        # Never cancelled: a write the thread finishes late must still advance the chain
+        # head, or the next batch would fork the chain.
+        writing = asyncio.ensure_future(  # noqa: RUF006 - awaited below, whatever happens
+            self._append_records([r for r, _ in batch])
+        )
+        done, _ = await asyncio.wait({writing}, timeout=self._timeout)
+        failure = writing.exception() if done else None
+        if not done or failure is not None:
+            self._mark_failed(
+                failure or TimeoutError(f"write not durable within {self._timeout:.3f} s")
+            )
+            # What queued meanwhile fails too: the sink is not writing, and a record must
+            # not appear later, claiming a request that was refused succeeded.
+            batch, self._queue = batch + self._queue, []
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(Unavailable("the audit trail cannot record the request"))
+                    future.set_exception(
+                        Unavailable("the audit trail cannot record the request in time")
+                    )
+            if not done:
+                self._stalled = True
+                with contextlib.suppress(OSError):
+                    await writing
+                self._stalled = False
             return
         self.batches += 1
         self._healthy = True
         for _, future in batch:
             if not future.done():
                 future.set_result(None)
+
+    async def _append_records(self, records: list[dict[str, object]]) -> None:
+        """Append records to the chain, durably (callers hold `_lock`).
+
+        The hashing and signing run here on the loop; only the file operations go to the
+        writer thread (they release the GIL), so it never competes with the loop for it.
+
+        Raises:
+            OSError: The file could not be opened, rotated or written; nothing changed.
+        """
+        loop = asyncio.get_running_loop()
+        if self._fd is None:
+            await loop.run_in_executor(self._executor, self._reopen)
+        if self._size >= self._max_bytes:
+            await loop.run_in_executor(self._executor, self._rotate)
+        if self._rotation_note is not None:
+            records = [self._rotation_note, *records]
+        data, state, since, checkpointed = self._link(records)
+        head = None
+        if checkpointed and not self._stdout:
+            head = canonical({"chain": state.chain, "seq": state.seq, "hash": state.head}) + b"\n"
+        await loop.run_in_executor(self._executor, self._append, data, head)
+        self._state = state
+        self._since_checkpoint = since
+        self._rotation_note = None
+        self._size += len(data)
 
     def _mark_failed(self, exc: BaseException) -> None:
         if self._healthy or self._failure is None:
@@ -210,6 +265,7 @@ class FileAuditSink:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._state = ChainState.resume(self._chain_id, self._path)
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._size = os.fstat(self._fd).st_size
 
     def _reopen(self) -> None:
         if self._fd is not None:
@@ -220,16 +276,15 @@ class FileAuditSink:
             self._fd = os.dup(1)
             return
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._size = os.fstat(self._fd).st_size
 
-    def _write_batch(self, records: list[dict[str, object]]) -> None:
-        """Link, write and fsync a batch; on failure leave file and chain as they were."""
-        if self._fd is None:
-            self._reopen()
-        assert self._fd is not None
-        if os.fstat(self._fd).st_size >= self._max_bytes:
-            self._rotate()
-        if self._rotation_note is not None:
-            records = [self._rotation_note, *records]
+    def _link(self, records: list[dict[str, object]]) -> tuple[bytes, ChainState, int, bool]:
+        """Chain `records` after the current head (no I/O).
+
+        Returns:
+            The bytes to append, the new head, the records since the last checkpoint, and
+            whether a checkpoint was added.
+        """
         state = ChainState(self._state.chain, self._state.seq, self._state.head)
         lines: list[bytes] = []
         since = self._since_checkpoint
@@ -243,9 +298,16 @@ class FileAuditSink:
         if not records and self._signer is not None:  # the final checkpoint at shutdown
             lines.append(canonical(state.link(self._checkpoint(state))) + b"\n")
             since, checkpointed = 0, True
+        return b"".join(lines), state, since, checkpointed
+
+    def _append(self, data: bytes, head: bytes | None) -> None:
+        """On the writer thread: write and fsync; on failure leave the file as it was."""
+        if self._fd is None:
+            self._reopen()
+        assert self._fd is not None
         size = os.fstat(self._fd).st_size
         try:
-            _write_all(self._fd, b"".join(lines))
+            _write_all(self._fd, data)
             if self._fsync:
                 os.fsync(self._fd)
         except OSError:
@@ -256,11 +318,8 @@ class FileAuditSink:
                 os.close(self._fd)
             self._fd = None
             raise
-        self._state = state
-        self._since_checkpoint = since
-        self._rotation_note = None
-        if checkpointed and not self._stdout:
-            self._write_head(state)
+        if head is not None:
+            write_atomic(self._path.with_name(self._path.name + ".head"), head, mode=0o600)
 
     def _rotate(self) -> None:
         """Start a new file; its first record will link to the old file's last hash."""
@@ -293,17 +352,9 @@ class FileAuditSink:
             },
         }
 
-    def _write_head(self, state: ChainState) -> None:
-        """Record the latest signed head beside the log, so a truncated tail shows."""
-        head = {"chain": state.chain, "seq": state.seq, "hash": state.head}
-        write_atomic(
-            self._path.with_name(self._path.name + ".head"), canonical(head) + b"\n", mode=0o600
-        )
-
     # -- recovery ---------------------------------------------------------------------------
 
     async def _probe_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
             if self._healthy:
@@ -317,9 +368,8 @@ class FileAuditSink:
                 },
             }
             try:
-                await asyncio.wait_for(
-                    loop.run_in_executor(self._executor, self._write_batch, [record]), self._timeout
-                )
+                async with self._lock:
+                    await asyncio.wait_for(self._append_records([record]), self._timeout)
             except (OSError, TimeoutError):
                 continue
             self._healthy = True

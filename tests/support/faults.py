@@ -15,7 +15,7 @@ def refuse_credential_writes(state: Any) -> Iterator[None]:
     a read-only file would, but only for credential records: limits are still consumed, so
     the failure lands after the credential was minted.
     """
-    db = state._reader
+    db = state._db
     for op in ("INSERT", "UPDATE"):
         db.execute(
             f"CREATE TRIGGER fault_{op.lower()} BEFORE {op} ON credentials "
