@@ -1,23 +1,35 @@
-"""The state store contract, run against every implementation: SQLite and a real Redis."""
+"""The state store contract, run against every implementation: SQLite and a real Redis.
+
+Failure: the real backend fails under a started store (SQLite: its connection is closed
+under it, so SQLite itself refuses every statement; Redis: a dedicated redis-server is
+killed). Every I/O method then raises `Unavailable` and `ping()` answers False.
+
+`agent_revoked` is the one read SQLite answers from memory (documented in the store: one
+process, so the mirror is authoritative). The contract therefore says: during an outage
+it either raises `Unavailable` or still reports every revocation recorded before the
+outage; it never answers "not revoked" for an agent that was revoked.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from broker.domain import LimitCheck, UserRef
+from broker.errors import Unavailable
 from broker.state.base import CredentialRecord
 from broker.state.redis import RedisStateStore
 from broker.state.sqlite import SqliteStateStore
 from broker.typing import StateStore
 from tests.support.clock import ManualClock
-from tests.support.servers import RedisServer
+from tests.support.faults import crash_server
+from tests.support.servers import RedisServer, redis_server
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -256,3 +268,69 @@ async def test_concurrent_writes_all_succeed(store: StateStore, clock: ManualClo
 
     await asyncio.gather(*(one(i) for i in range(1500)))
     assert len(await store.agent_credentials("spiffe://example.org/agent/a")) == 1500
+
+
+REVOKED_BEFORE = "spiffe://example.org/agent/revoked-before-the-outage"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def failed_store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[StateStore]:
+    """Each implementation, started and working, then its backend failed under it."""
+    implementation: StateStore
+    if request.param == "sqlite":
+        implementation = SqliteStateStore(tmp_path / "state.db", clock)
+        await implementation.start()
+        await implementation.revoke_agent(REVOKED_BEFORE, clock.time() + 600)
+        assert await implementation.ping()
+        db = implementation._db
+        assert db is not None
+        db.close()  # SQLite itself now refuses every statement on this connection
+        yield implementation
+        await implementation.close()
+        return
+    # A redis-server of its own: the session-wide one must survive this test.
+    with redis_server(tmp_path / "redis") as server:
+        implementation = RedisStateStore(server.url, clock, prefix="f:", timeout_seconds=0.5)
+        await implementation.start()
+        await implementation.revoke_agent(REVOKED_BEFORE, time.time() + 600)
+        assert await implementation.ping()
+        crash_server(server.pid, server.port)
+        yield implementation
+        await implementation.close()
+
+
+async def test_backend_failure_is_unavailable_and_not_ready(
+    failed_store: StateStore, clock: ManualClock
+) -> None:
+    """Backend down: every I/O method raises Unavailable promptly; ping() is False."""
+    now = time.time()
+    check = rate("k", 5)
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "put_credentials": lambda: failed_store.put_credentials([record(clock, "c1")]),
+        "get_credential": lambda: failed_store.get_credential("c1"),
+        "revoke_credential": lambda: failed_store.revoke_credential("c1"),
+        "agent_credentials": lambda: failed_store.agent_credentials("spiffe://example.org/agent/a"),
+        "revoke_agent": lambda: failed_store.revoke_agent("spiffe://example.org/agent/b", now + 60),
+        "consume_limits": lambda: failed_store.consume_limits([check], "m", now),
+        "refund_limits": lambda: failed_store.refund_limits([check], "m", now),
+        "first_use": lambda: failed_store.first_use("jti", now + 60),
+        "leases_to_release": lambda: failed_store.leases_to_release(now),
+        "lease_released": lambda: failed_store.lease_released("c1"),
+    }
+    started = time.monotonic()
+    for name, call in calls.items():
+        try:
+            await call()
+        except Unavailable:
+            continue
+        pytest.fail(f"{name} returned instead of raising Unavailable")
+    assert time.monotonic() - started < 10
+    assert await failed_store.ping() is False
+    # The one read SQLite answers from memory: Unavailable, or the revocation still holds.
+    try:
+        revoked = await failed_store.agent_revoked(REVOKED_BEFORE)
+    except Unavailable:
+        return
+    assert revoked is True

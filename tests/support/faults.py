@@ -26,3 +26,27 @@ def refuse_credential_writes(state: Any) -> Iterator[None]:
     finally:
         db.execute("DROP TRIGGER fault_insert")
         db.execute("DROP TRIGGER fault_update")
+
+
+def crash_server(pid: int, port: int, timeout: float = 5.0) -> None:
+    """Kill a server process (SIGKILL: a crash, no goodbye) and wait until its port refuses.
+
+    Waits on the port rather than the PID: a daemonized server is not our child, and a
+    zombie nobody reaps would still answer `kill(pid, 0)`.
+    """
+    import contextlib
+    import os
+    import signal
+    import socket
+    import time
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"process {pid} still accepts connections on port {port}")
