@@ -212,7 +212,7 @@ async def test_frozen_vault_is_unavailable_in_time(case: Case) -> None:
 
 @pytest.mark.parametrize("case", LEAKING_CASES, indirect=True)
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # the leak is a race on OpenBao's side (see the loop below)
     reason="a request Vault receives but completes after the deadline creates a credential "
     "nobody records (broker/issuers/vault/issuer.py _token/_kv via VaultClient._run)",
 )
