@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import math
 import time
 from datetime import UTC, datetime
 
@@ -33,6 +35,11 @@ def rfc3339(when: datetime | float) -> str:
     Args:
         when: An aware datetime, or seconds since the epoch.
     """
-    if not isinstance(when, datetime):
-        when = datetime.fromtimestamp(when, UTC)
-    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    seconds = when.timestamp() if isinstance(when, datetime) else when
+    return _rfc3339_second(math.floor(seconds))
+
+
+@functools.lru_cache(maxsize=1024)
+def _rfc3339_second(seconds: int) -> str:
+    # Many records and credentials per second share their timestamps: format each once.
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")

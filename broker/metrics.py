@@ -9,15 +9,18 @@ that state need no metrics plumbing. Each application has its own registry.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from broker.domain import Credential, Decision
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -62,6 +65,8 @@ class Metrics:
     def __init__(self) -> None:
         """Create the metrics."""
         self.registry = CollectorRegistry(auto_describe=True)
+        # Label values are bounded: routes, methods, statuses, reasons, tools are finite.
+        self._children: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
         self.requests = Counter(
             "broker_http_requests",
             "HTTP requests",
@@ -92,22 +97,30 @@ class Metrics:
         """Expose state read at scrape time (readiness, SVID expiry, policy, breaker)."""
         self.registry.register(_StateCollector(read))
 
+    def _child(self, metric: M, *labels: str) -> M:
+        """A labelled child, looked up once (`labels()` costs microseconds per call)."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return cast("M", child)
+
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one HTTP request."""
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        self._child(self.requests, route, method, str(status)).inc()
+        self._child(self.latency, route).observe(seconds)
 
     def decision(self, decision: Decision) -> None:
         """Count a decision (each denial reason once)."""
         if decision.allow:
-            self.decisions.labels("allow", "").inc()
+            self._child(self.decisions, "allow", "").inc()
         for reason in decision.reasons:
-            self.decisions.labels("deny", reason).inc()
+            self._child(self.decisions, "deny", reason).inc()
 
     def issued(self, credentials: list[Credential]) -> None:
         """Count issued credentials."""
         for credential in credentials:
-            self.credentials.labels(credential.tool, credential.type).inc()
+            self._child(self.credentials, credential.tool, credential.type).inc()
 
     def exposition(self) -> bytes:
         """The text exposition format."""

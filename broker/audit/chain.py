@@ -47,6 +47,19 @@ def canonical(record: dict[str, object]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _encode(members: dict[str, object]) -> bytes:
+    return json.dumps(members, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _join(first: bytes, second: bytes) -> bytes:
+    """Two canonical objects whose keys all sort first < second, as one object."""
+    if first == b"{}":
+        return second
+    if second == b"{}":
+        return first
+    return first[:-1] + b"," + second[1:]
+
+
 def record_hash(record: dict[str, object]) -> str:
     """SHA-256 (hex) of the canonical form of `record` without its `hash` member."""
     body = {k: v for k, v in record.items() if k != "hash"}
@@ -65,6 +78,25 @@ class ChainState:
     chain: str
     seq: int = 0
     head: str = GENESIS
+
+    def link_line(self, record: dict[str, object]) -> bytes:
+        """Stamp `record`, advance the head, and return its canonical line (with newline).
+
+        The same bytes as `canonical(self.link(record))` plus a newline, serialised once: the
+        members sorting before and after `hash` are encoded apart, hashed together, and
+        the `hash` member is put between them.
+        """
+        self.seq += 1
+        record["chain"] = self.chain
+        record["seq"] = self.seq
+        record["prev_hash"] = self.head
+        low = _encode({k: v for k, v in record.items() if k < "hash"})
+        high = _encode({k: v for k, v in record.items() if k > "hash"})
+        body = _join(low, high)
+        digest = hashlib.sha256(body).hexdigest()
+        record["hash"] = digest
+        self.head = digest
+        return _join(_join(low, b'{"hash":"' + digest.encode() + b'"}'), high) + b"\n"
 
     def link(self, record: dict[str, object]) -> dict[str, object]:
         """Stamp `record` with chain, seq, prev_hash and hash; advance the head."""

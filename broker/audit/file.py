@@ -290,7 +290,7 @@ class FileAuditSink:
         since = self._since_checkpoint
         checkpointed = False
         for record in records:
-            lines.append(canonical(state.link(record)) + b"\n")
+            lines.append(state.link_line(record))
             since += 1
             if self._signer is not None and since >= self._checkpoint_every:
                 lines.append(canonical(state.link(self._checkpoint(state))) + b"\n")

@@ -239,17 +239,29 @@ class SqliteStateStore:
         db: sqlite3.Connection,
         batch: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[Any]]],
     ) -> list[object]:
-        results: list[object] = []
-        for op, _ in batch:
-            db.execute("SAVEPOINT op")
-            try:
-                result = op(db)
-            except sqlite3.Error as exc:
-                db.execute("ROLLBACK TO op")
-                result = exc
-            db.execute("RELEASE op")
-            results.append(None if isinstance(result, sqlite3.Cursor) else result)
-        return results
+        """Run a batch inside the open transaction; one result (or error) per operation.
+
+        The common case runs straight through. Only when an operation fails is the batch
+        rolled back to its start and run again with a savepoint around each operation, so
+        that one failing operation fails alone.
+        """
+        db.execute("SAVEPOINT batch")
+        try:
+            results = [op(db) for op, _ in batch]
+        except sqlite3.Error:
+            db.execute("ROLLBACK TO batch")
+            results = []
+            for op, _ in batch:
+                db.execute("SAVEPOINT op")
+                try:
+                    result = op(db)
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO op")
+                    result = exc
+                db.execute("RELEASE op")
+                results.append(result)
+        db.execute("RELEASE batch")
+        return [None if isinstance(r, sqlite3.Cursor) else r for r in results]
 
     def _retry(
         self, batch: list[tuple[Callable[[sqlite3.Connection], object], asyncio.Future[Any]]]

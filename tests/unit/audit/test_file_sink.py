@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import shutil
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given
+from hypothesis import strategies as st
 
-from broker.audit.chain import GENESIS, verify_files
+from broker.audit.chain import GENESIS, ChainState, canonical, verify_files
 from broker.audit.events import AuditEvent
 from broker.audit.file import FileAuditSink
 from broker.errors import Unavailable
@@ -283,3 +286,22 @@ async def test_stdout_sink_writes_the_chain_to_standard_output(
     copy = Path(tempfile.mkdtemp()) / "collected.log"
     copy.write_text("\n".join(lines) + "\n")
     assert verify_files([copy]).ok
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=10), _JSON, max_size=12))
+def test_link_line_is_the_canonical_line_of_link(record: dict[str, object]) -> None:
+    """The one-pass line equals the canonical form of the linked record, hash included."""
+    record.pop("hash", None)
+    fast, slow = ChainState("c", 4, "f" * 64), ChainState("c", 4, "f" * 64)
+    line = fast.link_line(copy.deepcopy(record))
+    assert line == canonical(slow.link(copy.deepcopy(record))) + b"\n"
+    assert fast.head == slow.head
