@@ -139,6 +139,7 @@ class RequestContext:
     `actors` are the agents that acted before the caller (least recent first): from the
     user token's `act` claim, or from the chain of a broker token being exchanged.
     `not_after` bounds the expiry of what is issued (the exchanged token's own `exp`).
+    `trace_id` is the request's OpenTelemetry trace, when tracing is on.
     """
 
     caller: Caller
@@ -153,6 +154,7 @@ class RequestContext:
     scopes: tuple[str, ...] | None = None
     actors: tuple[str, ...] = ()
     not_after: float | None = None
+    trace_id: str | None = None
 
     @property
     def delegation_chain(self) -> tuple[str, ...]:

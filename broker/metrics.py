@@ -11,8 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
@@ -24,6 +32,22 @@ M = TypeVar("M", bound=MetricWrapperBase)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Stages take microseconds to milliseconds (a Vault call: up to its timeout).
+_STAGE_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.1,
+    0.5,
+    2.5,
+)
+STAGES = ("authn", "context", "policy", "limits", "issue", "persist", "audit", "vault")
 
 
 class _StateCollector(Collector):
@@ -51,12 +75,8 @@ class _StateCollector(Collector):
         yield policy
         for name, (documentation, value) in state.get("gauges", {}).items():
             yield GaugeMetricFamily(name, documentation, value=value)
-        if "audit_batches" in state:
-            yield GaugeMetricFamily(
-                "broker_audit_batches",
-                "Group-commit batches written (fsyncs)",
-                value=state["audit_batches"],
-            )
+        for name, (documentation, value) in state.get("counters", {}).items():
+            yield CounterMetricFamily(name, documentation, value=value)
 
 
 class Metrics:
@@ -92,6 +112,22 @@ class Metrics:
             ["tool", "type"],
             registry=self.registry,
         )
+        self.stages = Histogram(
+            "broker_stage_duration_seconds",
+            "Time spent in each step of a request (authn, context, policy, limits, issue, "
+            "persist, audit) and in each Vault call",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.auth_failures_aggregated = Counter(
+            "broker_auth_failures_aggregated",
+            "Failed authentications whose identity did not parse (audited in aggregate)",
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
 
     def watch(self, read: Callable[[], dict[str, Any]]) -> None:
         """Expose state read at scrape time (readiness, SVID expiry, policy, breaker)."""
@@ -121,6 +157,10 @@ class Metrics:
         """Count issued credentials."""
         for credential in credentials:
             self._child(self.credentials, credential.tool, credential.type).inc()
+
+    def stage(self, stage: str, seconds: float) -> None:
+        """Observe one step's duration."""
+        self._child(self.stages, stage).observe(seconds)
 
     def exposition(self) -> bytes:
         """The text exposition format."""

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -34,6 +35,7 @@ from broker.lifecycle.release import release_at_issuer
 from broker.limits import Consumed, Limits
 from broker.metrics import Metrics
 from broker.state.base import CredentialRecord
+from broker.tracing import Tracer
 from broker.typing import AuditSink, Authenticator, Clock, Issuer, PolicyDecider, StateStore
 
 __all__ = ["CredentialRequest", "ExchangeRequest", "Issued", "Pipeline", "ReplayGuard", "new_id"]
@@ -79,6 +81,7 @@ class Pipeline:
         audit: AuditSink,
         replay: ReplayGuard | None = None,
         metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """Wire the steps.
 
@@ -93,7 +96,8 @@ class Pipeline:
             state: Where issued credentials are remembered.
             audit: Where every decision is recorded first.
             replay: JWT-SVID replay protection.
-            metrics: Counters.
+            metrics: Counters and per-step latency histograms.
+            tracer: A span per step (a no-op unless tracing is configured).
         """
         self.clock = clock
         self.authenticator = authenticator
@@ -106,6 +110,17 @@ class Pipeline:
         self.audit = audit
         self.replay = replay or ReplayGuard()
         self.metrics = metrics or Metrics()
+        self.tracer = tracer or Tracer(None)
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        """Time one step (histogram `broker_stage_duration_seconds`) in a span of its own."""
+        started = time.perf_counter()
+        try:
+            with self.tracer.span(name):
+                yield
+        finally:
+            self.metrics.stage(name, time.perf_counter() - started)
 
     # -- step 1: who is calling -------------------------------------------------------------
 
@@ -119,11 +134,12 @@ class Pipeline:
             Unavailable: The failure could not be audited, or the state store is down.
         """
         try:
-            caller = self.authenticator.authenticate(presented)
-            if await self.state.agent_revoked(caller.spiffe_id):
-                raise Unauthenticated(f"agent {caller.spiffe_id} has been revoked")
-            if presented.authorization and self.replay.enabled:
-                await self._check_replay(caller)
+            with self._stage("authn"):
+                caller = self.authenticator.authenticate(presented)
+                if await self.state.agent_revoked(caller.spiffe_id):
+                    raise Unauthenticated(f"agent {caller.spiffe_id} has been revoked")
+                if presented.authorization and self.replay.enabled:
+                    await self._check_replay(caller)
         except Unauthenticated as exc:
             if exc.presented:
                 spiffe_id, thumbprint, jti = presented_identity(presented)
@@ -134,6 +150,7 @@ class Pipeline:
                         ts=self.clock.now(),
                         request_id=request_id,
                         remote=remote,
+                        trace_id=self.tracer.trace_id(),
                     )
                 )
             raise
@@ -159,9 +176,10 @@ class Pipeline:
             RateLimited: 429, audited.
             Unavailable: 503: a backend or the audit sink failed; nothing was issued.
         """
-        built = await self.context.for_credentials(
-            caller, request, request_id=request_id, remote=remote
-        )
+        with self._stage("context"):
+            built = await self.context.for_credentials(
+                caller, request, request_id=request_id, remote=remote
+            )
         return await self._run(*built)
 
     async def exchange(
@@ -173,19 +191,26 @@ class Pipeline:
             OAuthError: Malformed exchange (see `ContextBuilder.for_exchange`).
             PolicyDenied, RateLimited, Unavailable: As for `issue`.
         """
-        built = await self.context.for_exchange(
-            caller, request, request_id=request_id, remote=remote
-        )
+        with self._stage("context"):
+            built = await self.context.for_exchange(
+                caller, request, request_id=request_id, remote=remote
+            )
         return await self._run(*built)
 
     async def _run(self, ctx: RequestContext, rejection: UserTokenRejected | None) -> Issued:
-        decision = await self._decide(ctx, rejection)
-        consumed = await self._consume_limits(ctx, decision)
+        with self._stage("policy"):
+            decision = await self._decide(ctx, rejection)
+        with self._stage("limits"):
+            consumed = await self._consume_limits(ctx, decision)
         credentials: list[Credential] = []
         try:
-            await self._issue_all(ctx, decision, credentials)
-            await self.state.put_credentials([self._record(ctx, decision, c) for c in credentials])
-            await self.audit.write(events.issued(ctx, decision, credentials))
+            with self._stage("issue"):
+                await self._issue_all(ctx, decision, credentials)
+            with self._stage("persist"):
+                records = [self._record(ctx, decision, c) for c in credentials]
+                await self.state.put_credentials(records)
+            with self._stage("audit"):
+                await self.audit.write(events.issued(ctx, decision, credentials))
         except BrokerError as exc:
             await self._fail(ctx, decision, consumed, credentials, exc)
             raise

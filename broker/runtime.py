@@ -30,6 +30,7 @@ from broker.metrics import Metrics
 from broker.pipeline import Pipeline, ReplayGuard
 from broker.policy.reloader import ReloadingPolicy
 from broker.state import STATE_STORES
+from broker.tracing import Tracer
 from broker.typing import AuditSink, Clock, IdentitySource, Issuer, StateStore, TokenVerifier
 
 __all__ = ["Runtime", "ToolCatalogue", "open_runtime"]
@@ -72,6 +73,7 @@ class Runtime:
     introspection: Introspection
     revocation: Revocation
     metrics: Metrics
+    tracer: Tracer
     gauges: Mapping[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
     state_ok: bool = True
 
@@ -99,9 +101,14 @@ class Runtime:
         }
         with contextlib.suppress(IdentityError):
             state["svid_expiry"] = self.identity.snapshot().svid.not_after.timestamp()
+        counters: dict[str, tuple[str, float]] = {}
         batches = getattr(self.audit, "batches", None)
         if isinstance(batches, int):
-            state["audit_batches"] = float(batches)
+            counters["broker_audit_batches"] = ("Group-commit batches written (fsyncs)", batches)
+        batches = getattr(self.state, "batches", None)
+        if isinstance(batches, int):
+            counters["broker_state_batches"] = ("State store write transactions", batches)
+        state["counters"] = counters
         return state
 
 
@@ -123,6 +130,8 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
     """
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
+        tracer = Tracer(settings.tracing)
+        stack.callback(tracer.shutdown)
         identity = create_identity_source(settings, clock)
         await identity.start()
         stack.push_async_callback(identity.close)
@@ -145,7 +154,10 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         await audit.start()
         stack.push_async_callback(audit.close)
 
-        deps = IssuerDeps(settings, clock, identity, state, LeaseHasher.from_settings(settings))
+        metrics = Metrics()
+        deps = IssuerDeps(
+            settings, clock, identity, state, LeaseHasher.from_settings(settings), metrics
+        )
         parts: dict[str, IssuerParts] = {}
         for kind, section in settings.issuers.items():
             parts[kind] = await stack.enter_async_context(ISSUERS.get(kind).open(deps, section))
@@ -161,7 +173,6 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         stack.push_async_callback(user_tokens.close)
 
         authenticator = create_authenticator(settings, identity, clock)
-        metrics = Metrics()
         pipeline = Pipeline(
             clock=clock,
             authenticator=authenticator,
@@ -171,6 +182,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
                 state=state,
                 authenticator=authenticator,
                 tokens=tokens,
+                tracer=tracer,
             ),
             policy=policy,
             limits=Limits(state),
@@ -183,6 +195,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
                 settings.authentication.jwt_svid.leeway_seconds,
             ),
             metrics=metrics,
+            tracer=tracer,
         )
         runtime = Runtime(
             settings=settings,
@@ -212,6 +225,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
                 agent_revocation_seconds=settings.state.agent_revocation_seconds,
             ),
             metrics=metrics,
+            tracer=tracer,
             gauges={name: g for p in parts.values() for name, g in p.gauges.items()},
         )
         metrics.watch(runtime.metrics_state)

@@ -98,6 +98,7 @@ class AuditEvent:
     credentials: tuple[CredentialRef, ...] = ()
     session_id: str | None = None
     reason: str | None = None
+    trace_id: str | None = None
     target: dict[str, object] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, object]:
@@ -141,6 +142,8 @@ class AuditEvent:
             record["session_id"] = self.session_id
         if self.reason is not None:
             record["reason"] = self.reason
+        if self.trace_id is not None:
+            record["trace_id"] = self.trace_id
         if self.target:
             record["target"] = self.target
         return record
@@ -162,6 +165,7 @@ def _base(ctx: RequestContext, decision: Decision) -> dict[str, object]:
         "shadow": decision.shadow,
         "session_id": ctx.session_id,
         "reason": ctx.reason,
+        "trace_id": ctx.trace_id,
     }
 
 
@@ -203,7 +207,13 @@ def failed(
 
 
 def auth_failed(
-    *, agent: AgentRef, reason: str, ts: datetime, request_id: str | None, remote: str | None
+    *,
+    agent: AgentRef,
+    reason: str,
+    ts: datetime,
+    request_id: str | None,
+    remote: str | None,
+    trace_id: str | None = None,
 ) -> AuditEvent:
     """`auth.failed`: a presented identity did not verify (or the agent is revoked)."""
     return AuditEvent(
@@ -215,6 +225,7 @@ def auth_failed(
         decision="deny",
         reasons=("authentication_failed",),
         messages=(reason,),
+        trace_id=trace_id,
     )
 
 

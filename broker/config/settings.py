@@ -22,6 +22,7 @@ from broker.identity.config import IdentitySettings, parse_identity
 from broker.issuers import ISSUERS
 from broker.policy.config import PolicySettings, parse_policy
 from broker.state import STATE_STORES
+from broker.tracing import TracingSettings, parse_tracing
 
 __all__ = [
     "ListenSettings",
@@ -124,6 +125,7 @@ class Settings:
     log_level: str = "info"
     metrics: MetricsSettings | None = None
     workers: int = 1  # processes serving this configuration (`broker serve --workers`)
+    tracing: TracingSettings | None = None
 
     def tool(self, name: str) -> ToolSettings | None:
         """A tool by name."""
@@ -186,6 +188,7 @@ def load_settings(path: Path) -> Settings:
         resource_servers=frozenset(root.spiffe_ids("resource_servers")),
         log_level=root.string("log_level", "info", choices=("debug", "info", "warning", "error")),
         metrics=_metrics(root.section("metrics")) if root.has("metrics") else None,
+        tracing=parse_tracing(root.section("tracing")) if root.has("tracing") else None,
     )
     root.finish()
     if settings.metrics is not None and settings.metrics.port == settings.listen.port != 0:

@@ -17,6 +17,7 @@ from broker.context.user_token import UserTokenRejected, UserTokenVerifier, acto
 from broker.domain import Caller, RequestContext, UserContext
 from broker.errors import OAuthError
 from broker.jose import JoseError, unverified_claims
+from broker.tracing import Tracer
 from broker.typing import Authenticator, Clock, StateStore, TokenVerifier
 
 __all__ = ["Built", "ContextBuilder"]
@@ -35,6 +36,7 @@ class ContextBuilder:
         state: StateStore,
         authenticator: Authenticator,
         tokens: TokenVerifier | None,
+        tracer: Tracer | None = None,
     ) -> None:
         """Wire the parts.
 
@@ -44,12 +46,14 @@ class ContextBuilder:
             state: Where the broker's own tokens' records live (exchange of those).
             authenticator: Verifies an exchange's `actor_token` (a JWT-SVID).
             tokens: Verifies the broker's own tokens, if it mints any.
+            tracer: The request's trace id goes in its context (and audit records).
         """
         self._clock = clock
         self._user_tokens = user_tokens
         self._state = state
         self._authenticator = authenticator
         self._tokens = tokens
+        self._tracer = tracer or Tracer(None)
 
     async def for_credentials(
         self, caller: Caller, request: CredentialRequest, *, request_id: str, remote: str | None
@@ -76,6 +80,7 @@ class ContextBuilder:
             session_id=request.session_id,
             reason=request.reason,
             actors=user.actors if user is not None else (),
+            trace_id=self._tracer.trace_id(),
         )
         return ctx, rejection
 
@@ -167,6 +172,7 @@ class ContextBuilder:
             scopes=request.scopes if request.scopes is not None else tuple(sorted(original)),
             actors=actors_of(claims.get("act")) if claims else (),
             not_after=float(str(claims["exp"])) if claims else None,
+            trace_id=self._tracer.trace_id(),
         )
         return ctx, rejection
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from broker.audit import LeaseHasher
     from broker.config.reader import Reader
     from broker.config.settings import Settings, ToolSettings
+    from broker.metrics import Metrics
     from broker.typing import Clock, IdentitySource, Issuer, StateStore, TokenVerifier
 
 __all__ = [
@@ -81,6 +82,7 @@ class IssuerDeps:
     identity: IdentitySource
     state: StateStore
     lease_hasher: LeaseHasher
+    metrics: Metrics
 
 
 @dataclass(frozen=True, slots=True)

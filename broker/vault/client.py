@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -89,6 +90,8 @@ class VaultClient:
         self._identity = identity
         self._clock = clock
         self._executor = DaemonExecutor(settings.pool_size, "vault")
+        # Called with each Vault call's duration (the `vault` stage histogram).
+        self.observe: Callable[[float], None] | None = None
         self.breaker = CircuitBreaker(
             "Vault",
             clock,
@@ -244,6 +247,14 @@ class VaultClient:
                 ) from None
 
     async def _run(self, fn: Callable[[], T], *, what: str) -> T:
+        started = time.perf_counter()
+        try:
+            return await self._call_on_thread(fn, what=what)
+        finally:
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started)
+
+    async def _call_on_thread(self, fn: Callable[[], T], *, what: str) -> T:
         loop = asyncio.get_running_loop()
         try:
             result = await asyncio.wait_for(

@@ -20,6 +20,7 @@ from broker.web.keys import (
     PROBES,
     REVOCATION,
     RUNTIME,
+    TRACER,
     XFCC_HEADER,
 )
 from broker.web.middleware import middlewares
@@ -47,6 +48,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             app[DISCOVERY] = Discovery(runtime.tokens, settings.default_issuer)
             app[PROBES] = Probes(runtime.readiness, runtime.metrics)
             app[XFCC_HEADER] = settings.authentication.forwarded_client_cert_header
+            if runtime.tracer.enabled:
+                app[TRACER] = runtime.tracer
             yield
 
     app.cleanup_ctx.append(runtime_context)

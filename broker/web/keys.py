@@ -14,6 +14,7 @@ from broker.domain import Caller
 from broker.lifecycle import Introspection, Revocation
 from broker.pipeline import Pipeline
 from broker.runtime import Runtime, ToolCatalogue
+from broker.tracing import Tracer
 from broker.web.discovery import Discovery
 from broker.web.probes import Probes
 
@@ -28,6 +29,7 @@ __all__ = [
     "REQUEST_ID",
     "REVOCATION",
     "RUNTIME",
+    "TRACER",
     "XFCC_HEADER",
 ]
 
@@ -39,6 +41,7 @@ CATALOGUE = web.AppKey("catalogue", ToolCatalogue)
 DISCOVERY = web.AppKey("discovery", Discovery)
 PROBES = web.AppKey("probes", Probes)
 XFCC_HEADER = web.AppKey("xfcc_header", str)
+TRACER = web.AppKey("tracer", Tracer)
 # Set once a termination signal arrived: /readyz answers 503 from then on.
 DRAINING = web.AppKey("draining", asyncio.Event)
 CALLER = web.RequestKey("caller", Caller)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import time
@@ -24,7 +25,7 @@ from broker.errors import (
     UnsupportedMediaType,
 )
 from broker.identity.tls import peer_chain
-from broker.web.keys import CALLER, PIPELINE, PROBES, REQUEST_ID, XFCC_HEADER
+from broker.web.keys import CALLER, PIPELINE, PROBES, REQUEST_ID, TRACER, XFCC_HEADER
 from broker.web.problem import oauth_error_response, problem_response
 
 __all__ = ["middlewares"]
@@ -35,43 +36,54 @@ log = structlog.get_logger("broker.request")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 OAUTH_PATHS = frozenset({"/v1/token", "/v1/introspect"})
+_NO_SPAN = contextlib.nullcontext()
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Assign a request id (or accept a sane inbound one), bind it to logs, log the outcome."""
+    """Request id and trace span, bound to the logs; the outcome counted and logged.
+
+    An inbound `X-Request-Id` is kept when sane; an inbound `traceparent` is continued.
+    """
     inbound = request.headers.get("X-Request-Id", "")
     request_id = inbound if _REQUEST_ID.fullmatch(inbound) else secrets.token_urlsafe(16)
     request[REQUEST_ID] = request_id
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        caller = request.get(CALLER)
-        elapsed = time.perf_counter() - started
-        # DEBUG: the audit record is the record of a request; at INFO this line would cost
-        # more than some of the steps it reports on.
-        log.debug(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            ms=round(elapsed * 1000, 2),
-            caller=caller.spiffe_id if caller else None,
-        )
-        probes = request.app.get(PROBES)
-        if probes is not None:
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
-            probes.metrics.request(route, request.method, status, elapsed)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    tracer = request.app.get(TRACER)
+    span = tracer.request(f"{request.method} {route}", request.headers) if tracer else _NO_SPAN
+    with span:
+        trace_id = tracer.trace_id() if tracer else None
         structlog.contextvars.clear_contextvars()
+        if trace_id is None:
+            structlog.contextvars.bind_contextvars(request_id=request_id)
+        else:
+            structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            caller = request.get(CALLER)
+            elapsed = time.perf_counter() - started
+            # DEBUG: the audit record is the record of a request; at INFO this line would
+            # cost more than some of the steps it reports on.
+            log.debug(
+                "request",
+                method=request.method,
+                path=request.path,
+                status=status,
+                ms=round(elapsed * 1000, 2),
+                caller=caller.spiffe_id if caller else None,
+            )
+            probes = request.app.get(PROBES)
+            if probes is not None:
+                probes.metrics.request(route, request.method, status, elapsed)
+            structlog.contextvars.clear_contextvars()
     response.headers["X-Request-Id"] = request_id
     return response
 

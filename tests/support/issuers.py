@@ -15,6 +15,7 @@ from broker.domain import AuthMethod, Caller, Decision, RequestContext, ToolGran
 from broker.identity.files import FilesIdentitySource
 from broker.issuers import ISSUERS
 from broker.issuers.base import IssuerDeps, IssueRequest, IssuerParts
+from broker.metrics import Metrics
 from broker.state.sqlite import SqliteStateStore
 from broker.typing import Clock, StateStore
 
@@ -40,7 +41,9 @@ async def open_issuer(
         state = SqliteStateStore(workdir / f"state-{secrets.token_hex(4)}.db", clock)
         await state.start()
         stack.push_async_callback(state.close)
-        deps = IssuerDeps(settings, clock, identity, state, LeaseHasher(secrets.token_bytes(32)))
+        deps = IssuerDeps(
+            settings, clock, identity, state, LeaseHasher(secrets.token_bytes(32)), Metrics()
+        )
         factory = ISSUERS.get(kind)
         parts = await stack.enter_async_context(factory.open(deps, settings.issuers[kind]))
         yield OpenedIssuer(parts, state, settings)

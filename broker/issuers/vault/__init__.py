@@ -30,6 +30,7 @@ class _Factory:
     async def open(self, deps: IssuerDeps, settings: object) -> AsyncIterator[IssuerParts]:
         assert isinstance(settings, VaultSettings)
         client = VaultClient(settings, deps.identity, deps.clock)
+        client.observe = lambda seconds: deps.metrics.stage("vault", seconds)
         await client.start()
         try:
             issuer = VaultIssuer(client, deps.state, deps.lease_hasher, deps.clock)
