@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import structlog
 
 from broker.audit import events
+from broker.audit.aggregate import UnparsedFailures
 from broker.audit.events import AgentRef
 from broker.authn import Presented
 from broker.authn.authenticator import presented_identity
@@ -82,6 +83,7 @@ class Pipeline:
         replay: ReplayGuard | None = None,
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
+        unparsed: UnparsedFailures | None = None,
     ) -> None:
         """Wire the steps.
 
@@ -98,6 +100,8 @@ class Pipeline:
             replay: JWT-SVID replay protection.
             metrics: Counters and per-step latency histograms.
             tracer: A span per step (a no-op unless tracing is configured).
+            unparsed: Where failures that claim no identity are counted (see
+                `broker.audit.aggregate`).
         """
         self.clock = clock
         self.authenticator = authenticator
@@ -111,6 +115,7 @@ class Pipeline:
         self.replay = replay or ReplayGuard()
         self.metrics = metrics or Metrics()
         self.tracer = tracer or Tracer(None)
+        self.unparsed = unparsed or UnparsedFailures(audit, clock)
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -143,6 +148,11 @@ class Pipeline:
         except Unauthenticated as exc:
             if exc.presented:
                 spiffe_id, thumbprint, jti = presented_identity(presented)
+                if spiffe_id is None and thumbprint is None and jti is None:
+                    # Garbage that claims no identity: counted, audited in aggregate.
+                    self.unparsed.add(exc.detail[:200], remote)
+                    self.metrics.auth_failures_aggregated.inc()
+                    raise
                 await self.audit.write(
                     events.auth_failed(
                         agent=AgentRef(spiffe_id, thumbprint, jti, verified=False),

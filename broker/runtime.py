@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.audit import LeaseHasher, create_audit_sink
+from broker.audit.aggregate import UnparsedFailures
 from broker.authn import create_authenticator
 from broker.clock import SystemClock
 from broker.config.settings import Settings, ToolSettings
@@ -173,6 +174,9 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         stack.push_async_callback(user_tokens.close)
 
         authenticator = create_authenticator(settings, identity, clock)
+        unparsed = UnparsedFailures(audit, clock)
+        await unparsed.start()
+        stack.push_async_callback(unparsed.close)
         pipeline = Pipeline(
             clock=clock,
             authenticator=authenticator,
@@ -196,6 +200,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             ),
             metrics=metrics,
             tracer=tracer,
+            unparsed=unparsed,
         )
         runtime = Runtime(
             settings=settings,

@@ -13,8 +13,11 @@ Any presented credential that fails fails the request: nothing falls back to a w
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -35,6 +38,7 @@ from broker.typing import Clock
 __all__ = ["Presented", "SvidAuthenticator", "parse_xfcc", "presented_identity"]
 
 _MAX_XFCC_BYTES = 32 * 1024
+_MAX_CLAIMED_SEGMENT = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +210,28 @@ def parse_xfcc(header: str) -> list[dict[str, str]]:
     return elements
 
 
+def _claimed(token: str) -> dict[str, object]:
+    """The claims a token states, read leniently: for attributing a failure, never trusted.
+
+    The strict parser refuses what verification must refuse (NaN dates, duplicate
+    members); a token refused for that still names who it claims to be, and that failure
+    is audited under that name. Only a token whose payload is not JSON at all claims
+    nobody (such failures are audited in aggregate).
+    """
+    try:
+        return unverified_claims(token)
+    except JoseError:
+        pass
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > _MAX_CLAIMED_SEGMENT:  # noqa: PLR2004 - compact JWS
+        return {}
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error, RecursionError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
 def presented_identity(presented: Presented) -> tuple[str | None, str | None, str | None]:
     """What identity a request *claimed* (unverified), for the audit of a failure.
 
@@ -221,10 +247,7 @@ def presented_identity(presented: Presented) -> tuple[str | None, str | None, st
             spiffe_id = None
     if presented.authorization:
         _, _, token = presented.authorization.strip().partition(" ")
-        try:
-            claims = unverified_claims(token.strip())
-        except JoseError:
-            claims = {}
+        claims = _claimed(token.strip())
         sub, raw_jti = claims.get("sub"), claims.get("jti")
         spiffe_id = spiffe_id or (sub[:256] if isinstance(sub, str) else None)
         jti = raw_jti[:128] if isinstance(raw_jti, str) else None
