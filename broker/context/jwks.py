@@ -1,4 +1,4 @@
-"""Key sets of user-token issuers: from a file, or from an HTTPS URL with careful caching.
+"""Key sets of user-token issuers (`broker.typing.KeySet`): a file, or an HTTPS URL.
 
 URL rules, because an identity provider outage must not become an outage here and a
 token must not make us hammer the identity provider:
@@ -23,7 +23,7 @@ from broker.identity.bundles import parse_jwks
 from broker.identity.material import IdentityError, PublicKey
 from broker.typing import Clock
 
-__all__ = ["FileKeySet", "KeySet", "UrlKeySet"]
+__all__ = ["FileKeySet", "UrlKeySet"]
 
 log = structlog.get_logger(__name__)
 
@@ -32,25 +32,7 @@ MAX_JWKS_BYTES = 1024 * 1024
 FETCH_TIMEOUT_SECONDS = 5.0
 
 
-class KeySet:
-    """Public keys of one issuer, by `kid`."""
-
-    async def keys(self, kid: str | None) -> dict[str, PublicKey]:
-        """Return the keys to try for `kid` (refreshing as the rules above allow).
-
-        Raises:
-            IdentityError: No keys have ever been loaded.
-        """
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        """Load initially (failures are logged; `keys` retries)."""
-
-    async def close(self) -> None:
-        """Release resources."""
-
-
-class FileKeySet(KeySet):
+class FileKeySet:
     """A JWKS file, re-read when it changes."""
 
     def __init__(self, path: Path, clock: Clock) -> None:
@@ -102,8 +84,11 @@ class FileKeySet(KeySet):
         except IdentityError as exc:
             log.warning("user-token JWKS not loaded yet", reason=str(exc))
 
+    async def close(self) -> None:
+        """Nothing to release."""
 
-class UrlKeySet(KeySet):
+
+class UrlKeySet:
     """A JWKS fetched over HTTPS and cached."""
 
     def __init__(

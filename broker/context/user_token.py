@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from broker.constants import MAX_TOKEN_BYTES
 from broker.context.config import UserTokenIssuer
-from broker.context.jwks import FileKeySet, KeySet, UrlKeySet
+from broker.context.jwks import FileKeySet, UrlKeySet
 from broker.domain import UserContext
 from broker.errors import Unavailable
 from broker.identity.material import IdentityError
@@ -23,7 +23,7 @@ from broker.jose import (
     parse_jwt,
     verify_with_keys,
 )
-from broker.typing import Clock
+from broker.typing import Clock, KeySet
 
 __all__ = ["UserTokenRejected", "UserTokenVerifier"]
 
