@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +27,31 @@ def _broker_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+_LEAKS_DIR = "BROKER_TEST_LEAK_FINDINGS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller makes a directory where xdist workers leave their scan findings."""
+    if not hasattr(config, "workerinput"):
+        os.environ[_LEAKS_DIR] = tempfile.mkdtemp(prefix="broker-leak-findings-")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if any remembered secret reached an audit file or a log."""
+    """Fail the run if any remembered secret reached an audit file or a log.
+
+    Under xdist each worker scans what its own tests saw and leaves its findings for the
+    controller, which fails the run for all of them.
+    """
     findings = leaks.scan(leaks.LOGS, leaks.AUDIT_ROOTS)
+    shared = Path(os.environ[_LEAKS_DIR]) if _LEAKS_DIR in os.environ else None
+    worker = getattr(session.config, "workerinput", None)
+    if worker is not None:
+        if findings and shared is not None:
+            (shared / f"{worker['workerid']}.txt").write_text("\n".join(findings) + "\n")
+        return
+    if shared is not None:
+        for path in shared.glob("*.txt"):
+            findings.extend(line for line in path.read_text().splitlines() if line)
     if findings:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         message = "SECRETS FOUND IN AUDIT FILES OR LOGS:\n" + "\n".join(sorted(set(findings))[:50])
