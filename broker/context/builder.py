@@ -4,8 +4,9 @@ For `POST /v1/credentials`, the user comes from the request's user token. For an
 exchange, the subject token is either a user token (the same) or a live token of this
 broker being narrowed for a sub-agent: then the user, the scopes and the delegation chain
 come from that token and its record, and what is issued cannot outlive it.
-A user or subject token that does not verify is not an error here: it becomes the
-`rejection` the pipeline turns into an audited denial.
+A user or subject token that does not verify, or whose RFC 8693 `may_act` claim does not
+name the calling agent, is not an error here: it becomes the `rejection` the pipeline
+turns into an audited denial.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from __future__ import annotations
 import dataclasses
 
 from broker.context.requests import CredentialRequest, ExchangeRequest
-from broker.context.user_token import UserTokenRejected, UserTokenVerifier, actors_of
+from broker.context.user_token import (
+    UserTokenRejected,
+    UserTokenVerifier,
+    actors_of,
+    check_may_act,
+)
 from broker.domain import Caller, RequestContext, UserContext
 from broker.errors import OAuthError
 from broker.jose import JoseError, unverified_claims
@@ -66,7 +72,9 @@ class ContextBuilder:
         user, rejection = None, None
         if request.user_token is not None:
             try:
-                user = await self._user_tokens.verify(request.user_token.reveal())
+                user = await self._user_tokens.verify(
+                    request.user_token.reveal(), actor=caller.spiffe_id
+                )
             except UserTokenRejected as exc:
                 rejection = exc
         ctx = RequestContext(
@@ -103,7 +111,7 @@ class ContextBuilder:
                     f"actor_token names {actor.spiffe_id}, not the authenticated agent",
                 )
         token = request.subject_token.reveal()
-        if self._is_broker_token(token):
+        if self.is_broker_token(token):
             return await self._delegated(caller, token, request, request_id, remote)
         ctx, rejection = await self.for_credentials(
             caller,
@@ -117,7 +125,11 @@ class ContextBuilder:
         )
         return _with_scopes(ctx, request.scopes), rejection
 
-    def _is_broker_token(self, token: str) -> bool:
+    def is_broker_token(self, token: str) -> bool:
+        """Whether a token claims to be this broker's (by its unverified `iss`).
+
+        Only routes a subject token to the right validation; nothing is trusted from it.
+        """
         if self._tokens is None:
             return False
         try:
@@ -143,7 +155,9 @@ class ContextBuilder:
             )
         elif record.revoked or await self._state.agent_revoked(record.agent):
             rejection = UserTokenRejected("subject_token_revoked", "subject_token has been revoked")
-        elif record.tool != request.tool:
+        elif "may_act" in claims:
+            rejection = _actor_rejection(claims["may_act"], caller.spiffe_id)
+        if rejection is None and record is not None and record.tool != request.tool:
             raise OAuthError(
                 "invalid_target",
                 f"a delegated token can only be narrowed for its own tool ({record.tool})",
@@ -175,6 +189,14 @@ class ContextBuilder:
             trace_id=self._tracer.trace_id(),
         )
         return ctx, rejection
+
+
+def _actor_rejection(may_act: object, actor: str) -> UserTokenRejected | None:
+    try:
+        check_may_act(may_act, actor, what="subject_token", invalid="subject_token_invalid")
+    except UserTokenRejected as exc:
+        return exc
+    return None
 
 
 def _with_scopes(ctx: RequestContext, scopes: tuple[str, ...] | None) -> RequestContext:

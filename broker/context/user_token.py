@@ -2,7 +2,8 @@
 
 A token is accepted only from a configured issuer (`iss` matched exactly), signed with a
 key from that issuer's key set using an allowed asymmetric algorithm, for the configured
-audience, inside its validity window. A failure is a policy denial (403) with a reason
+audience, inside its validity window, and, when it carries an RFC 8693 `may_act` claim,
+only by the agent that claim names. A failure is a policy denial (403) with a reason
 code, except an unreachable key set, which is the broker's problem (503).
 """
 
@@ -25,7 +26,7 @@ from broker.jose import (
 )
 from broker.typing import Clock, KeySet
 
-__all__ = ["UserTokenRejected", "UserTokenVerifier"]
+__all__ = ["UserTokenRejected", "UserTokenVerifier", "actors_of", "check_may_act"]
 
 MAX_ACT_DEPTH = 8
 USER_TOKEN_TYPES = ("JWT", "at+jwt", "application/at+jwt")
@@ -51,7 +52,8 @@ class UserTokenRejected(Exception):
 
         Args:
             code: Reason code (`user_token_invalid`, `user_token_expired`,
-                `user_token_wrong_audience`, `user_token_issuer_untrusted`).
+                `user_token_wrong_audience`, `user_token_issuer_untrusted`,
+                `actor_not_authorized`).
             message: Explanation fit for the caller (never the token).
         """
         super().__init__(message)
@@ -92,8 +94,13 @@ class UserTokenVerifier:
         for key_set in self._key_sets.values():
             await key_set.close()
 
-    async def verify(self, token: str) -> UserContext:
+    async def verify(self, token: str, *, actor: str | None = None) -> UserContext:
         """Validate a user token.
+
+        Args:
+            token: The user token.
+            actor: The SPIFFE ID of the agent that would act for the user: refused when the
+                token's `may_act` claim names someone else.
 
         Raises:
             UserTokenRejected: The token is not acceptable (a 403 with a reason).
@@ -141,9 +148,7 @@ class UserTokenVerifier:
             check_audience(claims, config.audience)
         except JoseError as exc:
             raise UserTokenRejected("user_token_wrong_audience", f"user token: {exc}") from None
-        if claims.get("iss") != config.issuer:
-            raise UserTokenRejected("user_token_issuer_untrusted", "user token issuer mismatch")
-        return _user_context(claims, config)
+        return _accepted(claims, config, actor)
 
 
 def _key_set(issuer: UserTokenIssuer, clock: Clock) -> KeySet:
@@ -156,6 +161,17 @@ def _key_set(issuer: UserTokenIssuer, clock: Clock) -> KeySet:
         )
     assert issuer.jwks_file is not None  # guaranteed by the settings loader
     return FileKeySet(issuer.jwks_file, clock)
+
+
+def _accepted(
+    claims: Mapping[str, object], config: UserTokenIssuer, actor: str | None
+) -> UserContext:
+    """The last checks of verified, current claims for the audience, and the context."""
+    if claims.get("iss") != config.issuer:
+        raise UserTokenRejected("user_token_issuer_untrusted", "user token issuer mismatch")
+    if actor is not None:
+        check_may_act(claims.get("may_act"), actor, what="user token")
+    return _user_context(claims, config)
 
 
 def _user_context(claims: Mapping[str, object], config: UserTokenIssuer) -> UserContext:
@@ -186,6 +202,35 @@ def _user_context(claims: Mapping[str, object], config: UserTokenIssuer) -> User
         actors=actors_of(claims.get("act")),
         token_id=jti if isinstance(jti, str) else None,
     )
+
+
+def check_may_act(
+    may_act: object, actor: str, *, what: str, invalid: str = "user_token_invalid"
+) -> None:
+    """Refuse an actor that a token's RFC 8693 `may_act` claim does not name (section 4.4).
+
+    No `may_act`: anyone the policy allows may act. Otherwise its `sub` must be the actor's
+    SPIFFE ID. SPIFFE IDs are unique URIs, so `sub` alone identifies the agent; other
+    members (an `iss`, say) are not compared.
+
+    Args:
+        may_act: The claim's value (None when absent).
+        actor: The SPIFFE ID of the agent that would act.
+        what: Which token, for the message (`user token`, `subject_token`).
+        invalid: The reason code when the claim is malformed.
+
+    Raises:
+        UserTokenRejected: `actor_not_authorized`, or `invalid` when malformed.
+    """
+    if may_act is None:
+        return
+    if not isinstance(may_act, dict) or not isinstance(may_act.get("sub"), str):
+        raise UserTokenRejected(invalid, f"{what} 'may_act' claim is not an object with a 'sub'")
+    if may_act["sub"] != actor:
+        raise UserTokenRejected(
+            "actor_not_authorized",
+            f"{what} 'may_act' does not name {actor} as an authorized actor",
+        )
 
 
 def actors_of(act: object) -> tuple[str, ...]:

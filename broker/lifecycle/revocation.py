@@ -5,6 +5,11 @@ shared state store) and revokes each of its live credentials: introspection says
 inactive, and leases are revoked at their issuer. Every revocation is audited; the
 revocation itself is done first, so a failing audit sink can delay the answer but never
 leave a credential alive.
+
+A credential the caller may not revoke and one that does not exist are the same to the
+caller (no oracle on live credential ids); the audit trail tells them apart: each refusal
+is a `credential.revoke_refused` record, written alike in both cases so that neither
+answer is slower than the other.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from datetime import UTC, datetime
 import structlog
 
 from broker.audit import events
-from broker.audit.events import CredentialRef
+from broker.audit.events import AgentRef, AuditEvent, CredentialRef
 from broker.clock import rfc3339
 from broker.domain import Caller
-from broker.errors import BadRequest, Forbidden, NotFound
+from broker.errors import BadRequest, Forbidden
 from broker.lifecycle.release import release_at_issuer
 from broker.spiffe_id import parse_spiffe_id
 from broker.state.base import CredentialRecord
@@ -85,20 +90,21 @@ class Revocation:
 
     async def revoke(
         self, caller: Caller, credential_id: str, *, request_id: str, remote: str | None
-    ) -> CredentialRecord:
+    ) -> CredentialRecord | None:
         """Revoke one credential (owner or admin).
 
+        Returns:
+            The revoked credential; None when there is none the caller may revoke (unknown,
+            expired, or another agent's: audited as `credential.revoke_refused`).
+
         Raises:
-            NotFound: No live credential with that id.
-            Forbidden: The caller is neither its owner nor an admin.
             Unavailable: The state store or the audit sink failed.
         """
         record = await self._state.get_credential(credential_id)
-        if record is None:
-            raise NotFound("no live credential has that id")
-        owner = caller.spiffe_id == record.agent
-        if not owner and caller.spiffe_id not in self._admins:
-            raise Forbidden("only the credential's owner agent or an administrator may revoke it")
+        owner = record is not None and caller.spiffe_id == record.agent
+        if record is None or (not owner and caller.spiffe_id not in self._admins):
+            await self._audit.write(self._refused(caller, record, request_id, remote))
+            return None
         revoked = await self._state.revoke_credential(credential_id) or record
         await self._release(revoked)
         await self._audit.write(
@@ -113,6 +119,42 @@ class Revocation:
             )
         )
         return revoked
+
+    def _refused(
+        self,
+        caller: Caller,
+        record: CredentialRecord | None,
+        request_id: str,
+        remote: str | None,
+    ) -> AuditEvent:
+        """The `credential.revoke_refused` record of a refused revocation.
+
+        An unknown id is not written down: it may be a guess, or a Vault lease id, which
+        the audit trail never holds in clear.
+        """
+        if record is None:
+            return AuditEvent(
+                event="credential.revoke_refused",
+                ts=self._clock.now(),
+                request_id=request_id,
+                remote=remote,
+                agent=AgentRef.of(caller),
+                decision="deny",
+                reasons=("unknown_credential",),
+            )
+        ref = self._ref(record)
+        return AuditEvent(
+            event="credential.revoke_refused",
+            ts=self._clock.now(),
+            request_id=request_id,
+            remote=remote,
+            agent=AgentRef.of(caller),
+            tools=(ref.tool,),
+            credentials=(ref,),
+            decision="deny",
+            reasons=("not_owner",),
+            target={"owner": record.agent},
+        )
 
     async def revoke_agent(
         self, caller: Caller, spiffe_id: str, *, request_id: str, remote: str | None

@@ -57,6 +57,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/.well-known/jwks.json", wellknown.jwks)
+    app.router.add_get("/.well-known/oauth-authorization-server", wellknown.metadata)
     app.router.add_get("/.well-known/openid-configuration", wellknown.openid_configuration)
     app.router.add_get("/v1/whoami", whoami.whoami)
     app.router.add_post("/v1/credentials", credentials.post_credentials)

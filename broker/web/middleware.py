@@ -37,6 +37,10 @@ log = structlog.get_logger("broker.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 OAUTH_PATHS = frozenset({"/v1/token", "/v1/introspect"})
 _NO_SPAN = contextlib.nullcontext()
+# RFC 7009 revocation is a form post; the same endpoint's JSON body is the broker's own API,
+# whose errors stay problem documents (contract section 3).
+OAUTH_FORM_PATHS = frozenset({"/v1/revoke"})
+FORM = "application/x-www-form-urlencoded"
 
 
 @web.middleware
@@ -118,16 +122,26 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except Exception:
         log.exception("unhandled error", path=request.path)
         problem = BrokerError("internal error; the request id identifies it in the broker's logs")
-    if request.path in OAUTH_PATHS:
+    if _speaks_oauth(request):
         return _oauth_response(problem)
     return problem_response(problem, instance=request.path, request_id=request.get(REQUEST_ID))
+
+
+def _speaks_oauth(request: web.Request) -> bool:
+    """Whether the caller is an OAuth client, expecting the RFC 6749 section 5.2 error form."""
+    if request.path in OAUTH_PATHS:
+        return True
+    return request.path in OAUTH_FORM_PATHS and request.content_type == FORM
 
 
 _OAUTH_CODES = {
     400: "invalid_request",
     401: "invalid_client",
     403: "access_denied",
+    404: "invalid_request",
+    405: "invalid_request",
     413: "invalid_request",
+    415: "invalid_request",
     429: "rate_limited",
     503: "temporarily_unavailable",
 }

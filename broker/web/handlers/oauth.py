@@ -1,7 +1,9 @@
 """The OAuth endpoints: RFC 8693 token exchange (`/v1/token`), RFC 7662 introspection.
 
 Requests are form-encoded; errors use the RFC 6749 section 5.2 JSON form (rendered by the
-error middleware for these paths), so standard OAuth clients understand them.
+error middleware for these paths), so standard OAuth clients understand them. The client
+is the agent the TLS certificate or the JWT-SVID authenticated; a `client_id` parameter,
+which RFC 8705 clients send, must name that same agent.
 """
 
 from __future__ import annotations
@@ -10,22 +12,26 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from broker.audit import events
+from broker.audit.events import AgentRef
 from broker.constants import MAX_TOKEN_BYTES
 from broker.context.requests import ExchangeRequest
-from broker.domain import Secret
+from broker.domain import Caller, Secret
 from broker.errors import OAuthError, PolicyDenied
 from broker.web.keys import CATALOGUE, INTROSPECTION, PIPELINE, REQUEST_ID
 from broker.web.middleware import caller_of
 from broker.web.problem import json_response
 
-__all__ = ["introspect", "read_form", "token"]
+__all__ = ["TOKEN_EXCHANGE", "client_of", "introspect", "read_form", "token"]
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
-SUBJECT_TYPES = frozenset(
-    {JWT_TYPE, ACCESS_TOKEN_TYPE, "urn:ietf:params:oauth:token-type:id_token"}
-)
+# What each subject_token_type means here, and so how the subject is validated: `jwt` is an
+# end user's token from a configured issuer (any JWT it signs for the broker's audience);
+# `access_token` is an access token this broker issued, narrowed for a sub-agent. Other
+# types (`id_token`: OpenID Connect's own rules are not checked) are not accepted.
+SUBJECT_TYPES = frozenset({JWT_TYPE, ACCESS_TOKEN_TYPE})
 MAX_FORM_FIELDS = 32  # the OAuth requests here have at most nine parameters
 
 
@@ -95,10 +101,70 @@ def _target(form: dict[str, str], request: web.Request) -> str:
     return name
 
 
+async def client_of(request: web.Request, form: dict[str, str]) -> Caller:
+    """The authenticated client, after checking the `client_id` parameter, if any.
+
+    RFC 8705 section 2: with certificate-based client authentication, the certificate's
+    subject is the client; a `client_id` naming anyone else is refused, and audited, never
+    silently ignored. The same holds for a JWT-SVID.
+
+    Raises:
+        OAuthError: `invalid_client` (401).
+        Unavailable: The refusal could not be audited.
+    """
+    caller = caller_of(request)
+    client_id = form.get("client_id")
+    if client_id is None or client_id == caller.spiffe_id:
+        return caller
+    detail = f"client_id {client_id[:256]!r} is not the authenticated client {caller.spiffe_id}"
+    pipeline = request.app[PIPELINE]
+    await pipeline.audit.write(
+        events.auth_failed(
+            agent=AgentRef.of(caller),
+            reason=detail,
+            ts=pipeline.clock.now(),
+            request_id=request[REQUEST_ID],
+            remote=request.remote,
+        )
+    )
+    raise OAuthError(
+        "invalid_client",
+        detail,
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="credential-broker"'},
+    )
+
+
+def _subject(form: dict[str, str], request: web.Request) -> str:
+    """The subject token, refused if it is not of the declared `subject_token_type`."""
+    subject = _required(form, "subject_token")
+    declared = _required(form, "subject_token_type")
+    if declared not in SUBJECT_TYPES:
+        raise OAuthError(
+            "invalid_request",
+            f"unsupported subject_token_type; use {JWT_TYPE} for an end user's token "
+            f"or {ACCESS_TOKEN_TYPE} for an access token of this broker",
+        )
+    ours = request.app[PIPELINE].context.is_broker_token(subject)
+    if declared == ACCESS_TOKEN_TYPE and not ours:
+        raise OAuthError(
+            "invalid_request",
+            f"subject_token_type {ACCESS_TOKEN_TYPE} is for access tokens of this broker; "
+            f"an end user's token is exchanged as {JWT_TYPE}",
+        )
+    if declared == JWT_TYPE and ours:
+        raise OAuthError(
+            "invalid_request",
+            f"an access token of this broker is exchanged as subject_token_type "
+            f"{ACCESS_TOKEN_TYPE}",
+        )
+    return subject
+
+
 def _oauth_code(reasons: list[str]) -> str:
     if any(
         r.startswith(("user_token", "subject_token"))
-        or r in {"user_required", "delegation_too_deep"}
+        or r in {"user_required", "delegation_too_deep", "actor_not_authorized"}
         for r in reasons
     ):
         return "invalid_grant"
@@ -110,12 +176,11 @@ def _oauth_code(reasons: list[str]) -> str:
 async def token(request: web.Request) -> web.Response:
     """RFC 8693 token exchange."""
     form = await read_form(request)
+    caller = await client_of(request, form)
     grant_type = _required(form, "grant_type")
     if grant_type != TOKEN_EXCHANGE:
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
-    subject = _required(form, "subject_token")
-    if _required(form, "subject_token_type") not in SUBJECT_TYPES:
-        raise OAuthError("invalid_request", "unsupported subject_token_type")
+    subject = _subject(form, request)
     actor = form.get("actor_token") or None
     if actor is not None and form.get("actor_token_type") != JWT_TYPE:
         raise OAuthError("invalid_request", f"actor_token_type must be {JWT_TYPE}")
@@ -133,7 +198,7 @@ async def token(request: web.Request) -> web.Response:
     )
     try:
         issued = await request.app[PIPELINE].exchange(
-            caller_of(request), exchange, request_id=request[REQUEST_ID], remote=request.remote
+            caller, exchange, request_id=request[REQUEST_ID], remote=request.remote
         )
     except PolicyDenied as denied:
         raise OAuthError(
@@ -160,5 +225,6 @@ async def token(request: web.Request) -> web.Response:
 async def introspect(request: web.Request) -> web.Response:
     """RFC 7662 introspection (`{"active": false}` alone when not active or not yours)."""
     form = await read_form(request)
-    body = await request.app[INTROSPECTION].introspect(caller_of(request), _required(form, "token"))
+    caller = await client_of(request, form)
+    body = await request.app[INTROSPECTION].introspect(caller, _required(form, "token"))
     return json_response(body)
