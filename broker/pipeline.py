@@ -30,7 +30,14 @@ from broker.context.builder import ContextBuilder
 from broker.context.requests import CredentialRequest, ExchangeRequest
 from broker.context.user_token import UserTokenRejected
 from broker.domain import Caller, Credential, Decision, RequestContext
-from broker.errors import BrokerError, PolicyDenied, RateLimited, Unauthenticated, Unavailable
+from broker.errors import (
+    BrokerError,
+    OAuthError,
+    PolicyDenied,
+    RateLimited,
+    Unauthenticated,
+    Unavailable,
+)
 from broker.issuers.base import IssueRequest
 from broker.lifecycle.release import release_at_issuer
 from broker.limits import Consumed, Limits
@@ -165,6 +172,38 @@ class Pipeline:
                 )
             raise
         return caller
+
+    async def check_client_id(
+        self, caller: Caller, client_id: str | None, *, request_id: str, remote: str | None
+    ) -> None:
+        """RFC 8705 section 2: a `client_id` must name the authenticated client.
+
+        With certificate (or JWT-SVID) client authentication the SVID's subject is the
+        client; a `client_id` naming anyone else is refused and audited, never ignored.
+
+        Raises:
+            OAuthError: `invalid_client` (401).
+            Unavailable: The refusal could not be audited.
+        """
+        if client_id is None or client_id == caller.spiffe_id:
+            return
+        detail = f"client_id {client_id[:256]!r} is not the authenticated client {caller.spiffe_id}"
+        await self.audit.write(
+            events.auth_failed(
+                agent=AgentRef.of(caller),
+                reason=detail,
+                ts=self.clock.now(),
+                request_id=request_id,
+                remote=remote,
+                trace_id=self.tracer.trace_id(),
+            )
+        )
+        raise OAuthError(
+            "invalid_client",
+            detail,
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="credential-broker"'},
+        )
 
     async def _check_replay(self, caller: Caller) -> None:
         if caller.jwt_svid_jti is None:

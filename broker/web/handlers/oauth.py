@@ -12,8 +12,6 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from broker.audit import events
-from broker.audit.events import AgentRef
 from broker.constants import MAX_TOKEN_BYTES
 from broker.context.requests import ExchangeRequest
 from broker.domain import Caller, Secret
@@ -113,26 +111,10 @@ async def client_of(request: web.Request, form: dict[str, str]) -> Caller:
         Unavailable: The refusal could not be audited.
     """
     caller = caller_of(request)
-    client_id = form.get("client_id")
-    if client_id is None or client_id == caller.spiffe_id:
-        return caller
-    detail = f"client_id {client_id[:256]!r} is not the authenticated client {caller.spiffe_id}"
-    pipeline = request.app[PIPELINE]
-    await pipeline.audit.write(
-        events.auth_failed(
-            agent=AgentRef.of(caller),
-            reason=detail,
-            ts=pipeline.clock.now(),
-            request_id=request[REQUEST_ID],
-            remote=request.remote,
-        )
+    await request.app[PIPELINE].check_client_id(
+        caller, form.get("client_id"), request_id=request[REQUEST_ID], remote=request.remote
     )
-    raise OAuthError(
-        "invalid_client",
-        detail,
-        status=401,
-        headers={"WWW-Authenticate": 'Bearer realm="credential-broker"'},
-    )
+    return caller
 
 
 def _subject(form: dict[str, str], request: web.Request) -> str:
