@@ -16,7 +16,7 @@ import structlog
 from broker.domain import Decision, RequestContext
 from broker.errors import ConfigError
 from broker.policy.engine import PolicyEngine
-from broker.policy.loader import load_policy
+from broker.policy.isolated import load_policy_file
 from broker.policy.model import Policy
 from broker.tasks import stop_task
 from broker.typing import Clock
@@ -55,7 +55,7 @@ class ReloadingPolicy:
             log.warning("no policy configured: every request is denied")
             policy = NO_POLICY
         else:
-            policy = load_policy(path, known_tools=known_tools)
+            policy = load_policy_file(path, known_tools=known_tools)
         self._engine = PolicyEngine(policy, self._scopes)
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
@@ -98,7 +98,7 @@ class ReloadingPolicy:
         if self._path is None:
             return False
         try:
-            policy = load_policy(self._path, known_tools=self._known)
+            policy = load_policy_file(self._path, known_tools=self._known)
         except ConfigError as exc:
             self.last_error = str(exc)
             log.error(  # noqa: TRY400 - the message is the reason; no traceback wanted
