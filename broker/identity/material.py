@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 
 from broker.errors import Unavailable
 from broker.spiffe_id import parse_spiffe_id
+from broker.tlsutil import spiffe_id_of
 
 __all__ = [
     "IdentityError",
@@ -104,18 +105,6 @@ class IdentitySnapshot:
     def bundle(self, trust_domain: str) -> TrustBundle | None:
         """The bundle of a trust domain, if we hold one."""
         return self.bundles.get(trust_domain)
-
-
-def spiffe_id_of(cert: x509.Certificate) -> str | None:
-    """The single SPIFFE URI SAN of a certificate, or None."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) != 1 or not uris[0].startswith("spiffe://"):
-        return None
-    return uris[0]
 
 
 def build_snapshot(

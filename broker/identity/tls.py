@@ -24,16 +24,14 @@ and old connections finish undisturbed.
 from __future__ import annotations
 
 import ctypes
-import os
 import ssl
 import sys
-import tempfile
-from pathlib import Path
 
 import structlog
 from cryptography.hazmat.primitives import serialization
 
 from broker.identity.material import IdentitySnapshot
+from broker.tlsutil import load_cert_chain
 from broker.typing import IdentitySource
 
 __all__ = ["ServerTls", "load_cert_chain", "peer_chain"]
@@ -154,31 +152,6 @@ class ServerTls:
             ]
             ctx.load_verify_locations(cadata="".join(authorities))
         return ctx
-
-
-def load_cert_chain(ctx: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> None:
-    """Load a certificate chain and key from memory.
-
-    `ssl` only loads from paths; an anonymous memory file keeps the key off the disk. Where
-    memfd is unavailable, a private (0700) temporary directory is used and removed at once.
-    """
-    data = chain_pem + key_pem
-    memfd_create = getattr(os, "memfd_create", None)
-    if memfd_create is not None:
-        fd = memfd_create("broker-svid", getattr(os, "MFD_CLOEXEC", 0))
-        try:
-            with os.fdopen(os.dup(fd), "wb") as handle:
-                handle.write(data)
-            ctx.load_cert_chain(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="broker-tls-") as tmp:  # pragma: no cover
-        path = Path(tmp) / "svid.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        ctx.load_cert_chain(str(path))
 
 
 def peer_chain(ssl_object: ssl.SSLObject | None) -> tuple[bytes, ...]:
