@@ -22,6 +22,7 @@ __all__ = [
     "denied",
     "failed",
     "issued",
+    "revoke_refused",
 ]
 
 
@@ -226,6 +227,35 @@ def auth_failed(
         reasons=("authentication_failed",),
         messages=(reason,),
         trace_id=trace_id,
+    )
+
+
+def revoke_refused(
+    *,
+    actor: Caller,
+    credential: CredentialRef | None,
+    owner: str | None,
+    ts: datetime,
+    request_id: str | None,
+    remote: str | None,
+) -> AuditEvent:
+    """`credential.revoke_refused`: not the caller's credential, or no such live credential.
+
+    An unknown id is not written down: it may be a guess, or a Vault lease id, which the
+    audit trail never holds in clear.
+    """
+    known = credential is not None
+    return AuditEvent(
+        event="credential.revoke_refused",
+        ts=ts,
+        request_id=request_id,
+        remote=remote,
+        agent=AgentRef.of(actor),
+        tools=(credential.tool,) if credential is not None else (),
+        credentials=(credential,) if credential is not None else (),
+        decision="deny",
+        reasons=("not_owner",) if known else ("unknown_credential",),
+        target={"owner": owner} if known else {},
     )
 
 

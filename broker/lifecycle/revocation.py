@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import structlog
 
 from broker.audit import events
-from broker.audit.events import AgentRef, AuditEvent, CredentialRef
+from broker.audit.events import AuditEvent, CredentialRef
 from broker.clock import rfc3339
 from broker.domain import Caller
 from broker.errors import BadRequest, Forbidden
@@ -127,33 +127,14 @@ class Revocation:
         request_id: str,
         remote: str | None,
     ) -> AuditEvent:
-        """The `credential.revoke_refused` record of a refused revocation.
-
-        An unknown id is not written down: it may be a guess, or a Vault lease id, which
-        the audit trail never holds in clear.
-        """
-        if record is None:
-            return AuditEvent(
-                event="credential.revoke_refused",
-                ts=self._clock.now(),
-                request_id=request_id,
-                remote=remote,
-                agent=AgentRef.of(caller),
-                decision="deny",
-                reasons=("unknown_credential",),
-            )
-        ref = self._ref(record)
-        return AuditEvent(
-            event="credential.revoke_refused",
+        """The `credential.revoke_refused` record of a refused revocation."""
+        return events.revoke_refused(
+            actor=caller,
+            credential=self._ref(record) if record is not None else None,
+            owner=record.agent if record is not None else None,
             ts=self._clock.now(),
             request_id=request_id,
             remote=remote,
-            agent=AgentRef.of(caller),
-            tools=(ref.tool,),
-            credentials=(ref,),
-            decision="deny",
-            reasons=("not_owner",),
-            target={"owner": record.agent},
         )
 
     async def revoke_agent(
