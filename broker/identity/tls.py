@@ -140,6 +140,9 @@ class ServerTls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.options |= ssl.OP_NO_TICKET
+        # No renegotiation: a connection's client certificate cannot change under it (the
+        # broker remembers it per connection), and no renegotiation CPU floods.
+        ctx.options |= ssl.OP_NO_RENEGOTIATION
         ctx.num_tickets = 0
         load_cert_chain(ctx, snapshot.svid.chain_pem(), snapshot.svid.key_pem())
         ctx.verify_mode = ssl.CERT_OPTIONAL

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -37,6 +39,10 @@ log = structlog.get_logger("broker.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 OAUTH_PATHS = frozenset({"/v1/token", "/v1/introspect"})
 _NO_SPAN = contextlib.nullcontext()
+# Each connection's client certificate chain, read once (forgotten with the connection).
+_CHAINS: weakref.WeakKeyDictionary[asyncio.Transport, tuple[bytes, ...]] = (
+    weakref.WeakKeyDictionary()
+)
 # RFC 7009 revocation is a form post; the same endpoint's JSON body is the broker's own API,
 # whose errors stay problem documents (contract section 3).
 OAUTH_FORM_PATHS = frozenset({"/v1/revoke"})
@@ -170,11 +176,20 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def presented(request: web.Request) -> Presented:
-    """What identity material the request carried."""
+    """What identity material the request carried.
+
+    The client certificate chain is read once per connection: TLS renegotiation is off,
+    so it cannot change for the connection's life.
+    """
     transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    chain = _CHAINS.get(transport) if transport is not None else None
+    if chain is None:
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        chain = peer_chain(ssl_object)
+        if transport is not None:
+            _CHAINS[transport] = chain
     return Presented(
-        peer_chain=peer_chain(ssl_object),
+        peer_chain=chain,
         authorization=request.headers.get("Authorization"),
         forwarded_client_cert=request.headers.get(request.app[XFCC_HEADER]),
     )

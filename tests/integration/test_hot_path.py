@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -114,3 +115,9 @@ async def test_concurrent_writes_share_batches(broker: DevBroker) -> None:
     assert all(r.status == 201 for r in responses)
     assert state.writes - before_ops == 32
     assert state.batches - before_batches < 32
+
+
+async def test_the_listener_refuses_renegotiation(broker: DevBroker) -> None:
+    """A connection's client certificate cannot change under it: renegotiation is off."""
+    context = broker.running.runtime.tls.context
+    assert context.options & ssl.OP_NO_RENEGOTIATION
