@@ -3,8 +3,8 @@
 Every key expires on its own (EXPIREAT at the end of its useful life). Limits are checked
 and consumed by one Lua script, so "60 per minute" holds across replicas: the script
 checks every limit first and consumes them only if all admit the request.
-Keys of one request may span several limits, so this targets a single Redis (or a
-Sentinel-managed primary), not Redis Cluster.
+Keys of one request may span several limits, so this targets a single Redis server
+(neither Redis Cluster nor Sentinel discovery).
 
 Losing Redis's data must not undo a revocation. The store writes an epoch marker (a
 random id) once, and reads it with every revocation check. A marker that vanished or
