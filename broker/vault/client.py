@@ -104,6 +104,10 @@ class VaultClient:
         self._login_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.logins = 0
+        # Calls that timed out or lost their connection: Vault may still have acted on
+        # them (created a lease or a token nobody recorded). The reconciler sweeps then.
+        self.unanswered = 0
+        self.last_unanswered_at = 0.0
         identity.subscribe(self._on_rotation)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -263,6 +267,7 @@ class VaultClient:
             )
         except TimeoutError:
             self.breaker.failure()
+            self._unanswered()
             log.warning("Vault call timed out", what=what, timeout=self._settings.timeout_seconds)
             raise Unavailable("Vault did not answer in time", reason="vault_unavailable") from None
         except vault_errors.Forbidden as exc:
@@ -271,6 +276,7 @@ class VaultClient:
             raise _TokenRejected from None
         except _UNREACHABLE as exc:
             self.breaker.failure()
+            self._unanswered()
             log.warning("Vault call failed", what=what, error=_describe(exc))
             raise Unavailable("Vault is unavailable", reason="vault_unavailable") from None
         except vault_errors.VaultError as exc:
@@ -286,6 +292,10 @@ class VaultClient:
             ) from None
         self.breaker.success()
         return result
+
+    def _unanswered(self) -> None:
+        self.unanswered += 1
+        self.last_unanswered_at = self._clock.time()
 
 
 class _TokenRejected(Exception):

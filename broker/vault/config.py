@@ -38,6 +38,13 @@ class VaultSettings:
         breaker_failures: Consecutive failures that open the circuit breaker.
         breaker_reset_seconds: How long the breaker stays open before a trial call.
         reconcile_seconds: Interval of the lease reconciler.
+        orphan_grace_seconds: How old a credential Vault holds under a tool's path must
+            be, unknown to the state store, before the reconciler revokes it as orphaned
+            (created by a request whose answer the broker never saw). Longer than any
+            issuance takes from Vault's answer to the state store's record.
+        orphan_sweep_seconds: Interval of the orphan sweep when nothing failed (it also
+            runs at start-up and after every Vault call that went unanswered); 0 turns
+            the sweep off (only for tools whose Vault roles other clients share).
     """
 
     address: str
@@ -53,6 +60,8 @@ class VaultSettings:
     breaker_failures: int = 5
     breaker_reset_seconds: float = 10.0
     reconcile_seconds: float = 30.0
+    orphan_grace_seconds: float = 60.0
+    orphan_sweep_seconds: float = 3600.0
 
 
 _D = VaultSettings("https://-", VaultAuth.TOKEN, "token")  # the defaults, written once above
@@ -92,6 +101,12 @@ def parse_vault(reader: Reader) -> VaultSettings:
         ),
         reconcile_seconds=reader.number(
             "reconcile_seconds", _D.reconcile_seconds, minimum=0.1, maximum=3600
+        ),
+        orphan_grace_seconds=reader.number(
+            "orphan_grace_seconds", _D.orphan_grace_seconds, minimum=1, maximum=86400
+        ),
+        orphan_sweep_seconds=reader.number(
+            "orphan_sweep_seconds", _D.orphan_sweep_seconds, minimum=0, maximum=86400
         ),
     )
     auth.finish()

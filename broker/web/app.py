@@ -55,6 +55,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app.cleanup_ctx.append(runtime_context)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/readyz/public", health.readyz_public)
     app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/.well-known/jwks.json", wellknown.jwks)
     app.router.add_get("/.well-known/oauth-authorization-server", wellknown.metadata)

@@ -77,6 +77,11 @@ path "auth/token/lookup-accessor" { capabilities = ["update"] }
 path "auth/token/lookup-self"     { capabilities = ["read"] }
 # Static secrets, handed over only inside response-wrapping tokens.
 path "${kv_mount}/data/${kv_prefix}/*" { capabilities = ["read"] }
+# The orphan sweep: what Vault created for a request whose answer the broker never saw
+# (a timeout) is found and revoked. Vault requires sudo to LIST these two paths; the
+# accessors are looked up (metadata, never a token) and revoked with the grants above.
+path "sys/leases/lookup/database/creds/*" { capabilities = ["list", "sudo"] }
+path "auth/token/accessors"       { capabilities = ["list", "sudo"] }
 POLICY
 
 if [ -n "${TOOL_POLICY_FILE:-}" ]; then

@@ -163,7 +163,8 @@ def test_deployment_is_hardened() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # A shared Redis outage must not take every replica out of the Service (README, Operations).
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz/public"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["spiffe-workload-api"]["csi"]["driver"] == "csi.spiffe.io"

@@ -110,7 +110,9 @@ def vault_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VaultEnv]:
         policy = root.sys.read_policy("credential-broker")["data"]["rules"]
         root.sys.create_or_update_policy(
             "credential-broker",
-            policy + '\npath "pki/issue/agents" { capabilities = ["update"] }\n',
+            policy
+            + '\npath "pki/issue/agents" { capabilities = ["update"] }\n'
+            + 'path "sys/leases/lookup/pki/issue/agents/*" { capabilities = ["list", "sudo"] }\n',
         )
         yield VaultEnv(td, vault, pg, root, payments_key)
 

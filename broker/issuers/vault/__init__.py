@@ -7,11 +7,12 @@ from contextlib import asynccontextmanager
 
 from broker.config.reader import Reader
 from broker.issuers.base import IssuerDeps, IssuerParts, ToolOptions
-from broker.issuers.vault.config import parse_vault_tool
+from broker.issuers.vault.config import VaultToolSettings, parse_vault_tool
 from broker.issuers.vault.issuer import VaultIssuer
+from broker.issuers.vault.orphans import VaultInventory
 from broker.vault.client import VaultClient
 from broker.vault.config import VaultSettings, parse_vault
-from broker.vault.reconciler import LeaseReconciler
+from broker.vault.reconciler import LeaseReconciler, OrphanSweep
 
 __all__ = ["FACTORY", "VaultIssuer"]
 
@@ -34,7 +35,24 @@ class _Factory:
         await client.start()
         try:
             issuer = VaultIssuer(client, deps.state, deps.lease_hasher, deps.clock)
-            reconciler = LeaseReconciler(issuer, deps.state, deps.clock, settings.reconcile_seconds)
+            tools = {
+                t.name: t.options
+                for t in deps.settings.tools
+                if isinstance(t.options, VaultToolSettings)
+            }
+            orphans = (
+                OrphanSweep(
+                    VaultInventory(client, tools),
+                    client,
+                    grace=settings.orphan_grace_seconds,
+                    every=settings.orphan_sweep_seconds,
+                )
+                if settings.orphan_sweep_seconds > 0
+                else None
+            )
+            reconciler = LeaseReconciler(
+                issuer, deps.state, deps.clock, settings.reconcile_seconds, orphans=orphans
+            )
             await reconciler.start()
             try:
                 yield IssuerParts(

@@ -19,7 +19,12 @@ class _Factory:
     def build(self, settings: object, clock: Clock) -> StateStore:
         assert isinstance(settings, RedisSettings)
         return RedisStateStore(
-            settings.url, clock, prefix=settings.key_prefix, password_file=settings.password_file
+            settings.url,
+            clock,
+            prefix=settings.key_prefix,
+            password_file=settings.password_file,
+            revocations_file=settings.revocations_file,
+            sync_seconds=settings.sync_seconds,
         )
 
 
