@@ -45,7 +45,8 @@ from tests.support.openbao import KV_PATH, PKI_ROLE_PATH, IssuerVault, issuer_va
 from tests.support.proxy import stubborn_proxy
 
 TTL = 120
-VAULT_TIMEOUT = 0.5
+# Short, so frozen-Vault cases stay quick; long enough for a PKI issue on a loaded machine.
+VAULT_TIMEOUT = 1.5
 
 JWT_TOOL = {"type": "jwt", "audience": "https://docs.example.org", "scope": "docs:read"}
 VAULT_TOOLS: dict[str, Any] = {
