@@ -8,19 +8,25 @@ needs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.audit import LeaseHasher, create_audit_sink
+import structlog
+
+from broker.audit import LeaseHasher, create_audit_sink, events
 from broker.audit.aggregate import UnparsedFailures
 from broker.authn import create_authenticator
 from broker.clock import SystemClock
 from broker.config.settings import Settings, ToolSettings
 from broker.context.builder import ContextBuilder
 from broker.context.user_token import UserTokenVerifier
+from broker.errors import Unavailable
+from broker.governance.archive import PolicyArchive, archive_dir_for
+from broker.governance.directory import AgentDirectory
 from broker.identity import IdentityError, create_identity_source
 from broker.identity.tls import ServerTls
 from broker.issuers import ISSUERS
@@ -29,12 +35,15 @@ from broker.lifecycle import Introspection, Revocation
 from broker.limits import Limits
 from broker.metrics import Metrics
 from broker.pipeline import Pipeline, ReplayGuard
-from broker.policy.reloader import ReloadingPolicy
+from broker.policy.model import Policy
+from broker.policy.reloader import LoadListener, ReloadingPolicy
 from broker.state import STATE_STORES
 from broker.tracing import Tracer
 from broker.typing import AuditSink, Clock, IdentitySource, Issuer, StateStore, TokenVerifier
 
 __all__ = ["Runtime", "ToolCatalogue", "open_runtime"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +82,7 @@ class Runtime:
     pipeline: Pipeline
     introspection: Introspection
     revocation: Revocation
+    agents: AgentDirectory
     metrics: Metrics
     tracer: Tracer
     gauges: Mapping[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
@@ -154,6 +164,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         audit = create_audit_sink(settings, clock)
         await audit.start()
         stack.push_async_callback(audit.close)
+        await policy.subscribe(_record_policy_loads(settings, audit, clock))
 
         metrics = Metrics()
         deps = IssuerDeps(
@@ -229,9 +240,42 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
                 admins=settings.admins,
                 agent_revocation_seconds=settings.state.agent_revocation_seconds,
             ),
+            agents=AgentDirectory(lambda: policy.engine, state, settings.admins),
             metrics=metrics,
             tracer=tracer,
             gauges={name: g for p in parts.values() for name, g in p.gauges.items()},
         )
         metrics.watch(runtime.metrics_state)
         yield runtime
+
+
+def _record_policy_loads(settings: Settings, audit: AuditSink, clock: Clock) -> LoadListener:
+    """Keep each policy version beside the audit log and audit `policy.loaded`.
+
+    With the audit trail on stdout there is no directory to keep versions in: the event
+    is still written, without `archived`.
+    """
+    path = settings.audit.path if settings.audit.sink == "file" else None
+    archive = PolicyArchive(archive_dir_for(path)) if path is not None else None
+
+    async def loaded(policy: Policy, raw: bytes | None) -> None:
+        archived = None
+        if archive is not None and raw is not None:
+            try:
+                archived = (await asyncio.to_thread(archive.keep, raw)).name
+            except OSError as exc:
+                log.warning("could not keep the policy version", reason=str(exc))
+        # A failure to audit is not fatal here: the policy is already in force, and the
+        # sink's own health check reports the sink.
+        with contextlib.suppress(Unavailable):
+            await audit.write(
+                events.policy_loaded(
+                    policy_id=policy.id,
+                    version=policy.version,
+                    content_hash=policy.content_hash,
+                    ts=clock.now(),
+                    archived=archived,
+                )
+            )
+
+    return loaded

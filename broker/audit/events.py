@@ -22,6 +22,7 @@ __all__ = [
     "denied",
     "failed",
     "issued",
+    "policy_loaded",
 ]
 
 
@@ -273,4 +274,29 @@ def agent_revoked(
         credentials=credentials,
         reasons=("admin_revocation",),
         target={"spiffe_id": spiffe_id, "until": rfc3339(until)},
+    )
+
+
+def policy_loaded(
+    *, policy_id: str, version: str, content_hash: str, ts: datetime, archived: str | None
+) -> AuditEvent:
+    """`policy.loaded`: a policy version went into force (start-up or reload).
+
+    Args:
+        policy_id: The policy's id.
+        version: Its version string (declared version plus short hash).
+        content_hash: The full SHA-256 of the file, hex.
+        ts: When it went into force.
+        archived: The file name of its stored copy beside the audit log, if stored.
+    """
+    target: dict[str, object] = {"hash": f"sha256:{content_hash}"}
+    if archived is not None:
+        target["archived"] = archived
+    return AuditEvent(
+        event="policy.loaded",
+        ts=ts,
+        request_id=None,
+        remote=None,
+        policy=(policy_id, version),
+        target=target,
     )

@@ -8,6 +8,10 @@ denied is recorded in the decision (and the audit trail) as `shadow`.
 
 Candidate rules come from an index (exact IDs in a dict; `/*` prefixes looked up once per
 path segment of the caller's ID), so a decision costs the same with 10 or 10,000 agents.
+
+Before the rules, the agent registry: an agent whose entry declares its tools is denied
+any other tool (`tool_not_declared`); an agent without an entry, or whose entry declares
+no tools, is not restricted by the registry.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from broker.constants import MAX_CREDENTIAL_TTL
 from broker.domain import Decision, RequestContext, ToolGrant
 from broker.policy.model import Effect, Mode, Policy, Rule
+from broker.policy.registry import AgentRegistry
 
 __all__ = ["PolicyEngine", "grant_ttl"]
 
@@ -69,6 +74,7 @@ class PolicyEngine:
         """
         self.policy = policy
         self._tool_scopes = {k: tuple(v) for k, v in (tool_scopes or {}).items()}
+        self.registry = AgentRegistry(policy.agents)
         self._exact: dict[str, list[Rule]] = {}
         self._prefix: dict[str, list[Rule]] = {}
         for rule in policy.rules:
@@ -243,6 +249,13 @@ class PolicyEngine:
         self, ctx: RequestContext, tool: str, rules: list[Rule], shadow: list[str]
     ) -> ToolGrant:
         agent = ctx.caller.spiffe_id
+        if self.registry.undeclared(agent, tool):
+            # The registry is a guard in front of the rules: an agent that declares its
+            # tools gets none other, whatever a broad rule (`tools: ["*"]`) would allow.
+            return _denied(
+                tool,
+                [_Denial("tool_not_declared", f"agent {agent} does not declare tool {tool}")],
+            )
         if not rules:
             return _denied(tool, [_Denial("agent_unknown", f"no policy rule names agent {agent}")])
         candidates = [r for r in rules if r.covers(tool)]

@@ -1,0 +1,110 @@
+"""Governance (CONTRACT section 8) against the served dev broker: registry, admin view, versions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.devbroker import DevBroker, dev_broker
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[DevBroker]:
+    """The development trust domain, served in-process."""
+    async with dev_broker(tmp_path / "dev") as running:
+        yield running
+
+
+def run_broker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_an_undeclared_tool_is_refused_with_tool_not_declared(broker: DevBroker) -> None:
+    """A rule widened to every tool still cannot give `analytics` a tool it does not declare."""
+    policy = yaml.safe_load(broker.td.policy.read_text())
+    policy["rules"][1]["tools"] = ["*"]
+    policy["agents"][1]["declared_tools"] = ["analytics_api"]
+    broker.td.policy.write_text(yaml.safe_dump(policy))
+    assert await broker.running.runtime.policy.reload_async()
+    response = await broker.agent("analytics").credentials({"tools": ["ticketing_api"]})
+    assert response.status == 403
+    assert response.body["reasons"] == ["tool_not_declared"]
+    assert (await broker.agent("analytics").credentials({"tools": ["analytics_api"]})).status == 201
+
+
+async def test_admin_lists_agents_with_live_credentials(broker: DevBroker) -> None:
+    """GET /v1/admin/agents: registry fields, live credential count, last issuance; admins only."""
+    body = {"tools": ["customer_data_api", "ticketing_api"], "user_token": broker.user_token()}
+    assert (await broker.agent("claims").credentials(body)).status == 201
+    forbidden = await broker.agent("claims").request("GET", "/v1/admin/agents")
+    assert forbidden.status == 403
+    listing = await broker.agent("admin").request("GET", "/v1/admin/agents")
+    assert listing.status == 200
+    agents = {a["spiffe_id"]: a for a in listing.body["agents"]}
+    claims = agents["spiffe://example.org/agent/claims"]
+    assert claims["registered"]
+    assert claims["owner"] == {"team": "claims", "contact": "claims-team@example.org"}
+    assert claims["declared_tools"] is None
+    assert claims["environment"] == "development"
+    assert claims["live_credentials"] == 2
+    assert claims["last_issued_at"].endswith("Z")
+    analytics = agents["spiffe://example.org/agent/analytics"]
+    assert analytics["live_credentials"] == 0
+    assert analytics["last_issued_at"] is None
+
+
+async def test_each_policy_version_is_kept_and_its_loading_audited(broker: DevBroker) -> None:
+    """Start and reload write `policy.loaded` (id, version, hash) and keep the content 0600."""
+    first = broker.td.policy.read_bytes()
+    policy = yaml.safe_load(first)
+    policy["version"] = 2
+    broker.td.policy.write_text(yaml.safe_dump(policy))
+    assert await broker.running.runtime.policy.reload_async()
+    loaded = [r for r in broker.audit_records() if r["event"] == "policy.loaded"]
+    assert [r["policy"]["version"].split("+")[0] for r in loaded] == ["1", "2"]
+    for record, raw in zip(loaded, [first, broker.td.policy.read_bytes()], strict=True):
+        digest = hashlib.sha256(raw).hexdigest()
+        assert record["target"]["hash"] == f"sha256:{digest}"
+        kept = broker.td.root / "policies" / record["target"]["archived"]
+        assert kept.name == f"sha256-{digest}.yaml"
+        assert kept.read_bytes() == raw
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    verify = run_broker("audit", "verify", "--no-head", str(broker.td.root / "audit.log"))
+    assert verify.returncode == 0, verify.stdout
+
+
+async def test_agents_list_and_show_read_the_policy_and_the_state_store(
+    broker: DevBroker,
+) -> None:
+    """`broker agents list/show` print the registry and live credentials from the store."""
+    assert (await broker.agent("analytics").credentials({"tools": ["analytics_api"]})).status == 201
+    config = str(broker.td.config)
+    listing = run_broker("agents", "list", "--config", config, "--json")
+    assert listing.returncode == 0, listing.stderr
+    agents = {a["spiffe_id"]: a for a in json.loads(listing.stdout)["agents"]}
+    assert agents["spiffe://example.org/agent/analytics"]["live_credentials"] == 1
+    table = run_broker("agents", "list", "--config", config)
+    assert "spiffe://example.org/agent/analytics" in table.stdout
+    assert " data " in table.stdout
+    show = run_broker("agents", "show", "spiffe://example.org/agent/analytics", "--config", config)
+    assert show.returncode == 0, show.stderr
+    shown = json.loads(show.stdout)
+    assert shown["live_credentials"] == 1
+    assert shown["rules"] == ["analytics-batch"]
+    bad = run_broker("agents", "show", "not-an-id", "--config", config)
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr
