@@ -274,6 +274,7 @@ class Pipeline:
         else:
             decision = await self.policy.decide(ctx, decision_id)
         self.metrics.decision(decision)
+        self.metrics.shadowed(decision)
         if not decision.allow:
             await self.audit.write(events.denied(ctx, decision))
             raise PolicyDenied(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from broker.clock import rfc3339
-from broker.domain import Caller, Credential, Decision, RequestContext, UserRef
+from broker.domain import Caller, Credential, Decision, RequestContext, ShadowDenial, UserRef
 
 __all__ = [
     "AgentRef",
@@ -96,6 +96,7 @@ class AuditEvent:
     policy: tuple[str, str] | None = None
     rules: tuple[str, ...] = ()
     shadow: tuple[str, ...] = ()
+    would_deny: tuple[ShadowDenial, ...] = ()
     credentials: tuple[CredentialRef, ...] = ()
     session_id: str | None = None
     reason: str | None = None
@@ -139,6 +140,12 @@ class AuditEvent:
             record["rules"] = list(self.rules)
         if self.shadow:
             record["shadow"] = list(self.shadow)
+        if self.would_deny:
+            record["would_deny"] = {
+                "reasons": list(dict.fromkeys(d.reason for d in self.would_deny)),
+                "rules": list(dict.fromkeys(d.rule_id for d in self.would_deny)),
+                "tools": list(dict.fromkeys(d.tool for d in self.would_deny)),
+            }
         if self.session_id is not None:
             record["session_id"] = self.session_id
         if self.reason is not None:
@@ -164,6 +171,7 @@ def _base(ctx: RequestContext, decision: Decision) -> dict[str, object]:
         "policy": (decision.policy_id, decision.policy_version),
         "rules": decision.rule_ids,
         "shadow": decision.shadow,
+        "would_deny": decision.would_deny,
         "session_id": ctx.session_id,
         "reason": ctx.reason,
         "trace_id": ctx.trace_id,

@@ -162,7 +162,7 @@ def _rule(item: Reader, index: int, known_tools: frozenset[str] | None) -> Rule:
     for i, name in enumerate(tools):
         _check_tool(item, f"tools[{i}]", name, known_tools)
     effect = Effect(item.string("effect", "allow", choices=[e.value for e in Effect]))
-    mode = Mode(item.string("mode", "enforce", choices=[m.value for m in Mode]))
+    mode = _mode(item)
     scopes = item.strings("scopes", ()) if item.has("scopes") else None
     rule = Rule(
         id=rule_id,
@@ -190,6 +190,17 @@ def _rule(item: Reader, index: int, known_tools: frozenset[str] | None) -> Rule:
     )
     item.finish()
     return rule
+
+
+def _mode(item: Reader) -> Mode:
+    """`shadow: true` (the contract's spelling) or its older alias `mode: dry_run`."""
+    mode = Mode(item.string("mode", "enforce", choices=[m.value for m in Mode]))
+    if not item.has("shadow"):
+        return mode
+    shadow = item.boolean("shadow")
+    if item.has("mode") and shadow != (mode is Mode.DRY_RUN):
+        raise item.error("shadow", f"contradicts mode: {mode.value} (give one of them)")
+    return Mode.DRY_RUN if shadow else Mode.ENFORCE
 
 
 def _user(reader: Reader) -> UserCondition:

@@ -32,7 +32,7 @@ class Effect(StrEnum):
 
 
 class Mode(StrEnum):
-    """Whether a rule's denials are enforced or only recorded (shadow mode)."""
+    """Whether a rule's denials are enforced or only recorded (`shadow: true` is `dry_run`)."""
 
     ENFORCE = "enforce"
     DRY_RUN = "dry_run"
@@ -104,6 +104,11 @@ class Rule:
     time_windows: tuple[TimeWindow, ...] = ()
     max_delegation_depth: int | None = None
     scopes: frozenset[str] | None = None
+
+    @property
+    def shadow(self) -> bool:
+        """Whether the rule only records what it would deny (`shadow: true`)."""
+        return self.mode is Mode.DRY_RUN
 
     def covers(self, tool: str) -> bool:
         """Whether the rule speaks about `tool`."""

@@ -108,3 +108,30 @@ async def test_agents_list_and_show_read_the_policy_and_the_state_store(
     bad = run_broker("agents", "show", "not-an-id", "--config", config)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
+
+
+async def test_a_shadow_rule_allows_audits_would_deny_and_counts(broker: DevBroker) -> None:
+    """`shadow: true` deny rule: 201, `would_deny` with reasons in the record, metric per rule."""
+    policy = yaml.safe_load(broker.td.policy.read_text())
+    policy["rules"].append(
+        {
+            "id": "no-batch-at-all",
+            "effect": "deny",
+            "shadow": True,
+            "agents": ["spiffe://example.org/agent/analytics"],
+            "tools": ["*"],
+        }
+    )
+    broker.td.policy.write_text(yaml.safe_dump(policy))
+    assert await broker.running.runtime.policy.reload_async()
+    for _ in range(2):
+        response = await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
+        assert response.status == 201
+    issued = [r for r in broker.audit_records() if r["event"] == "credential.issued"]
+    assert issued[-1]["would_deny"] == {
+        "reasons": ["denied_by_rule"],
+        "rules": ["no-batch-at-all"],
+        "tools": ["analytics_api"],
+    }
+    metrics = (await broker.agent(None).request("GET", "/metrics")).body
+    assert 'broker_shadow_denials_total{rule="no-batch-at-all"} 2.0' in metrics
