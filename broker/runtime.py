@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -35,11 +35,13 @@ from broker.lifecycle import Introspection, Revocation
 from broker.limits import Limits
 from broker.metrics import Metrics
 from broker.pipeline import Pipeline, ReplayGuard
-from broker.policy.model import Policy
-from broker.policy.reloader import LoadListener, ReloadingPolicy
+from broker.policy.reloader import LoadListener, PolicyVersion, ReloadingPolicy
 from broker.state import STATE_STORES
 from broker.tracing import Tracer
 from broker.typing import AuditSink, Clock, IdentitySource, Issuer, StateStore, TokenVerifier
+
+if TYPE_CHECKING:
+    from broker.policy.rego import RegoPolicy
 
 __all__ = ["Runtime", "ToolCatalogue", "open_runtime"]
 
@@ -75,7 +77,7 @@ class Runtime:
     tls: ServerTls
     state: StateStore
     audit: AuditSink
-    policy: ReloadingPolicy
+    policy: ReloadingPolicy | RegoPolicy
     tokens: TokenVerifier | None
     issuers: Mapping[str, Issuer]
     catalogue: ToolCatalogue
@@ -147,13 +149,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         await identity.start()
         stack.push_async_callback(identity.close)
 
-        policy = ReloadingPolicy(
-            settings.policy.file if settings.policy else None,
-            known_tools=frozenset(t.name for t in settings.tools),
-            tool_scopes={t.name: t.scopes for t in settings.tools},
-            clock=clock,
-            watch_seconds=settings.policy.watch_seconds if settings.policy else 2.0,
-        )
+        policy = _policy_engine(settings, clock)
         await policy.start()
         stack.push_async_callback(policy.close)
 
@@ -249,6 +245,22 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         yield runtime
 
 
+def _policy_engine(settings: Settings, clock: Clock) -> ReloadingPolicy | RegoPolicy:
+    """The configured `PolicyDecider`: the rule engine (default) or embedded Rego."""
+    scopes = {t.name: t.scopes for t in settings.tools}
+    if settings.policy is not None and settings.policy.engine == "rego":
+        from broker.policy.rego import RegoPolicy  # noqa: PLC0415 - an optional extra
+
+        return RegoPolicy(settings.policy, tool_scopes=scopes, clock=clock)
+    return ReloadingPolicy(
+        settings.policy.file if settings.policy else None,
+        known_tools=frozenset(t.name for t in settings.tools),
+        tool_scopes=scopes,
+        clock=clock,
+        watch_seconds=settings.policy.watch_seconds if settings.policy else 2.0,
+    )
+
+
 def _record_policy_loads(settings: Settings, audit: AuditSink, clock: Clock) -> LoadListener:
     """Keep each policy version beside the audit log and audit `policy.loaded`.
 
@@ -258,11 +270,11 @@ def _record_policy_loads(settings: Settings, audit: AuditSink, clock: Clock) -> 
     path = settings.audit.path if settings.audit.sink == "file" else None
     archive = PolicyArchive(archive_dir_for(path)) if path is not None else None
 
-    async def loaded(policy: Policy, raw: bytes | None) -> None:
+    async def loaded(policy: PolicyVersion) -> None:
         archived = None
-        if archive is not None and raw is not None:
+        if archive is not None and policy.raw is not None:
             try:
-                archived = (await asyncio.to_thread(archive.keep, raw)).name
+                archived = (await asyncio.to_thread(archive.keep, policy.raw, policy.suffix)).name
             except OSError as exc:
                 log.warning("could not keep the policy version", reason=str(exc))
         # A failure to audit is not fatal here: the policy is already in force, and the

@@ -40,8 +40,8 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _engine(settings: Settings) -> PolicyEngine:
-    if settings.policy is None:
-        raise ConfigError("the configuration names no policy file")
+    if settings.policy is None or settings.policy.file is None:
+        raise ConfigError("the configuration names no YAML policy file (the registry is there)")
     policy = load_policy_file(
         settings.policy.file, known_tools=frozenset(t.name for t in settings.tools)
     )

@@ -1,6 +1,7 @@
 """Every policy version's content, kept beside the audit log and addressed by its hash.
 
-`<audit dir>/policies/sha256-<hex>.yaml` (directory 0700, files 0600), written once per
+`<audit dir>/policies/sha256-<hex>.<suffix>` (`yaml` for the rule engine, `rego` for a
+Rego module, `json` for a Rego bundle; directory 0700, files 0600), written once per
 content: together with the `policy.loaded` audit records (id, version, hash, when), it
 lets `broker audit explain` replay the policy in force at any past moment.
 """
@@ -28,18 +29,18 @@ class PolicyArchive:
         """Use `directory` (created on the first write)."""
         self.directory = directory
 
-    def path_of(self, content_hash: str) -> Path:
+    def path_of(self, content_hash: str, suffix: str = "yaml") -> Path:
         """Where the version with this hex SHA-256 is (or would be) kept."""
-        return self.directory / f"{_PREFIX}{content_hash}.yaml"
+        return self.directory / f"{_PREFIX}{content_hash}.{suffix}"
 
-    def keep(self, raw: bytes) -> Path:
+    def keep(self, raw: bytes, suffix: str = "yaml") -> Path:
         """Store `raw` under its hash (idempotent); returns its path.
 
         Raises:
             OSError: It could not be written.
         """
         digest = hashlib.sha256(raw).hexdigest()
-        target = self.path_of(digest)
+        target = self.path_of(digest, suffix)
         if target.is_file():
             return target
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)

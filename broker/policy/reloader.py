@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -22,11 +23,31 @@ from broker.policy.model import Policy
 from broker.tasks import stop_task
 from broker.typing import Clock
 
-__all__ = ["ReloadingPolicy"]
+__all__ = ["NO_POLICY", "LoadListener", "PolicyVersion", "ReloadingPolicy"]
 
 log = structlog.get_logger(__name__)
 
-LoadListener = Callable[[Policy, bytes | None], Awaitable[None]]
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    """A policy version that went into force (what `policy.loaded` records and keeps).
+
+    Attributes:
+        id: The policy id.
+        version: The version string (declared version plus short hash).
+        content_hash: SHA-256 of the content, hex.
+        raw: The content (None when the file changed while it was being loaded).
+        suffix: The kind of content, as a file suffix (`yaml`, `rego`, `json`).
+    """
+
+    id: str
+    version: str
+    content_hash: str
+    raw: bytes | None
+    suffix: str = "yaml"
+
+
+LoadListener = Callable[[PolicyVersion], Awaitable[None]]
 
 NO_POLICY = Policy(id="none", declared_version="0", content_hash="0" * 64, rules=())
 
@@ -112,19 +133,20 @@ class ReloadingPolicy:
         return raw if hashlib.sha256(raw).hexdigest() == policy.content_hash else None
 
     async def subscribe(self, listener: LoadListener) -> None:
-        """Call `listener(policy, content)` now with the running policy, then after each reload.
-
-        `content` is the file's bytes (None when the file changed while it was loaded).
-        """
+        """Call `listener` now with the running policy's version, then after each reload."""
         self._listeners.append(listener)
-        await listener(self.policy, self.raw)
+        await listener(self._loaded())
+
+    def _loaded(self) -> PolicyVersion:
+        policy = self.policy
+        return PolicyVersion(policy.id, policy.version, policy.content_hash, self.raw)
 
     async def reload_async(self) -> bool:
         """`reload` off the event loop, then tell the listeners about a new policy."""
         changed = await asyncio.to_thread(self.reload)
         if changed:
             for listener in self._listeners:
-                await listener(self.policy, self.raw)
+                await listener(self._loaded())
         return changed
 
     async def _reload_task(self) -> None:

@@ -135,3 +135,27 @@ async def test_a_shadow_rule_allows_audits_would_deny_and_counts(broker: DevBrok
     }
     metrics = (await broker.agent(None).request("GET", "/metrics")).body
     assert 'broker_shadow_denials_total{rule="no-batch-at-all"} 2.0' in metrics
+
+
+async def test_the_broker_serves_the_dev_policy_in_rego(tmp_path: Path) -> None:
+    """`policy: {engine: rego, module: policy.rego}`: same answers, version kept as .rego."""
+    from broker.policy.config import PolicySettings
+
+    module = tmp_path / "dev" / "policy.rego"
+    settings = PolicySettings(file=None, engine="rego", module=module)
+    async with dev_broker(tmp_path / "dev", policy=settings) as broker:
+        ok = await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
+        assert ok.status == 201
+        no = await broker.agent("analytics").credentials({"tools": ["customer_data_api"]})
+        assert no.status == 403
+        assert no.body["reasons"] == ["tool_not_allowed"]
+        body = {"tools": ["customer_data_api"], "user_token": broker.user_token()}
+        assert (await broker.agent("claims").credentials(body)).status == 201
+        records = broker.audit_records()
+    (loaded,) = [r for r in records if r["event"] == "policy.loaded"]
+    assert loaded["policy"]["id"] == "dev"
+    kept = tmp_path / "dev" / "policies" / loaded["target"]["archived"]
+    assert kept.suffix == ".rego"
+    assert kept.read_bytes() == module.read_bytes()
+    issued = [r for r in records if r["event"] == "credential.issued"]
+    assert issued[-1]["rules"] == ["claims-on-behalf-of-user"]
