@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from broker.audit.chain import verify_files
+from broker.cli import governance
 from broker.clock import SystemClock
 from broker.config.settings import load_settings
 from broker.constants import ISSUER_ALGORITHMS
@@ -47,6 +48,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "--no-head", action="store_true", help="ignore the FILE.head sidecar of the last file"
     )
     verify.set_defaults(run=_audit_verify)
+    governance.add_audit_commands(audit_sub)
 
     keys = commands.add_parser("keys", help="signing key tools")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, parser_class=type(keys))

@@ -53,15 +53,14 @@ class PolicyArchive:
         temporary.replace(target)
         return target
 
-    def read(self, content_hash: str) -> bytes:
+    def read(self, content_hash: str, suffix: str = "yaml") -> bytes:
         """The content of a stored version.
 
         Raises:
-            FileNotFoundError: The version was never kept here.
+            FileNotFoundError: The version was never kept here, or its content was changed.
         """
-        data = self.path_of(content_hash).read_bytes()
+        path = self.path_of(content_hash, suffix)
+        data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != content_hash:
-            raise FileNotFoundError(
-                f"{self.path_of(content_hash)}: content does not match its hash"
-            )
+            raise FileNotFoundError(f"{path}: content does not match its hash")
         return data

@@ -9,17 +9,24 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from broker.policy.config import PolicySettings
 from tests.support.devbroker import DevBroker, dev_broker
+
+
+def unwatched(directory: Path) -> PolicySettings:
+    """The dev policy, with its file watcher out of the way (tests reload explicitly)."""
+    return PolicySettings(file=directory / "policy.yaml", watch_seconds=3600)
 
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[DevBroker]:
     """The development trust domain, served in-process."""
-    async with dev_broker(tmp_path / "dev") as running:
+    async with dev_broker(tmp_path / "dev", policy=unwatched(tmp_path / "dev")) as running:
         yield running
 
 
@@ -139,8 +146,6 @@ async def test_a_shadow_rule_allows_audits_would_deny_and_counts(broker: DevBrok
 
 async def test_the_broker_serves_the_dev_policy_in_rego(tmp_path: Path) -> None:
     """`policy: {engine: rego, module: policy.rego}`: same answers, version kept as .rego."""
-    from broker.policy.config import PolicySettings
-
     module = tmp_path / "dev" / "policy.rego"
     settings = PolicySettings(file=None, engine="rego", module=module)
     async with dev_broker(tmp_path / "dev", policy=settings) as broker:
@@ -159,3 +164,59 @@ async def test_the_broker_serves_the_dev_policy_in_rego(tmp_path: Path) -> None:
     assert kept.read_bytes() == module.read_bytes()
     issued = [r for r in records if r["event"] == "credential.issued"]
     assert issued[-1]["rules"] == ["claims-on-behalf-of-user"]
+
+
+async def test_explain_reproduces_an_earlier_policy_after_it_changed(tmp_path: Path) -> None:
+    """`broker audit explain --at T1` answers with the version in force at T1, not today's."""
+    from datetime import timedelta
+
+    from tests.support.clock import ManualClock
+
+    clock = ManualClock()
+    directory = tmp_path / "dev"
+    async with dev_broker(directory, clock=clock, policy=unwatched(directory)) as broker:
+        clock.advance(60)
+        before = clock.now()
+        assert (
+            await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
+        ).status == 201
+        clock.advance(60)
+        policy = yaml.safe_load(broker.td.policy.read_text())
+        policy["version"] = 2
+        policy["rules"] = [r for r in policy["rules"] if r["id"] != "analytics-batch"]
+        broker.td.policy.write_text(yaml.safe_dump(policy))
+        assert await broker.running.runtime.policy.reload_async()
+        clock.advance(60)
+        after = clock.now()
+        denied = await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
+        assert denied.status == 403
+        log = str(broker.td.root / "audit.log")
+    agent = "spiffe://example.org/agent/analytics"
+
+    def ask(at: str, *extra: str) -> dict[str, Any]:
+        result = run_broker("audit", "explain", log, "--at", at, "--agent", agent, *extra)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+    then = ask(before.isoformat(), "--tool", "analytics_api")
+    (answer,) = then["answers"]
+    assert answer["decision"] == "allow"
+    assert answer["rules"] == ["analytics-batch"]
+    assert then["policy"]["version"].startswith("1+sha256:")
+    assert [a["decision"] for a in then["activity"]] == ["allow", "deny"]
+    now = ask(after.isoformat())
+    assert now["policy"]["version"].startswith("2+sha256:")
+    assert now["answers"] == []  # version 2 names no tool for analytics
+    now = ask(after.isoformat(), "--tool", "analytics_api")
+    assert now["answers"][0]["reasons"] == ["agent_unknown"]
+    claims = run_broker(
+        "audit",
+        "explain",
+        log,
+        "--at",
+        (before - timedelta(days=1)).isoformat(),
+        "--agent",
+        agent,
+    )
+    assert claims.returncode == 2
+    assert "no policy.loaded record" in claims.stderr
