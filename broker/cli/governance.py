@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 from broker.audit.chain import verify_files
 from broker.errors import ConfigError
 from broker.governance.archive import archive_dir_for
-from broker.governance.explain import Question, explain, parse_time
+from broker.governance.explain import Question, explain, parse_time, read_records
+from broker.governance.ocsf import to_ocsf
 
 __all__ = ["add_audit_commands"]
 
@@ -41,6 +43,14 @@ def add_audit_commands(audit_sub: argparse._SubParsersAction[Any]) -> None:
     )
     cmd.set_defaults(run=_explain)
 
+    export = audit_sub.add_parser(
+        "export", help="verify the chain, then write the records as OCSF events (JSON lines)"
+    )
+    export.add_argument("files", type=Path, nargs="+", metavar="FILE", help="oldest first")
+    export.add_argument("--format", required=True, choices=("ocsf",))
+    export.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    export.set_defaults(run=_export)
+
 
 def _explain(args: argparse.Namespace) -> int:
     result = verify_files(args.files)
@@ -61,4 +71,23 @@ def _explain(args: argparse.Namespace) -> int:
         raise ConfigError("--around must not be negative")
     policies = args.policies or archive_dir_for(args.files[-1])
     print(json.dumps(explain(args.files, policies, question), indent=2))  # noqa: T201
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from broker.cli.tools import by_chain  # noqa: PLC0415 - tools imports this module
+
+    for files in by_chain(args.files).values():
+        result = verify_files(files)
+        if not result.ok:
+            print(f"FAILED: {result.message}", file=sys.stderr)  # noqa: T201
+            return 1
+    lines = (json.dumps(to_ocsf(r), separators=(",", ":")) for r in read_records(args.files))
+    if args.output is None:
+        for line in lines:
+            print(line)  # noqa: T201
+        return 0
+    with args.output.open("w", encoding="utf-8") as out:
+        for line in lines:
+            out.write(line + "\n")
     return 0

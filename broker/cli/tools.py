@@ -86,7 +86,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
         if not isinstance(loaded, ed25519.Ed25519PublicKey):
             raise ConfigError(f"{args.public_key}: not an Ed25519 public key")
         key = loaded
-    chains = _by_chain(args.files)
+    chains = by_chain(args.files)
     failed = False
     for chain, files in chains.items():
         head = None
@@ -107,7 +107,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _by_chain(files: list[Path]) -> dict[str, list[Path]]:
+def by_chain(files: list[Path]) -> dict[str, list[Path]]:
     """The files of each chain, in the order given (`--workers` writes one chain each).
 
     A file is placed by the `chain` of its first record; one that cannot be read stays in

@@ -220,3 +220,45 @@ async def test_explain_reproduces_an_earlier_policy_after_it_changed(tmp_path: P
     )
     assert claims.returncode == 2
     assert "no policy.loaded record" in claims.stderr
+
+
+async def test_export_writes_valid_ocsf_events_after_verifying_the_chain(
+    broker: DevBroker, tmp_path: Path
+) -> None:
+    """Each record becomes an OCSF event with its class's required fields; a bad chain: none."""
+    from tests.support.ocsf_schema import problems
+
+    assert (await broker.agent("analytics").credentials({"tools": ["analytics_api"]})).status == 201
+    denied = await broker.agent("analytics").credentials({"tools": ["customer_data_api"]})
+    assert denied.status == 403
+    unverified = await broker.agent("claims").request(
+        "POST",
+        "/v1/credentials",
+        json_body={"tools": ["x"]},
+        headers={"Authorization": "Bearer a.b.c"},
+    )
+    assert unverified.status in {400, 401}
+    log = broker.td.root / "audit.log"
+    out = tmp_path / "events.jsonl"
+    result = run_broker("audit", "export", "--format", "ocsf", str(log), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(events) == len(broker.audit_records())
+    for event in events:
+        assert problems(event) == [], event
+    by_message = {e["message"]: e for e in events}
+    issued = by_message["credential.issued"]
+    assert (issued["class_uid"], issued["activity_id"], issued["status_id"]) == (6003, 1, 1)
+    assert issued["actor"]["user"]["uid"] == "spiffe://example.org/agent/analytics"
+    assert by_message["credential.denied"]["status_detail"] == "tool_not_allowed"
+    assert by_message["policy.loaded"]["class_uid"] == 6003
+    failed = by_message["auth.failed"]
+    assert (failed["class_uid"], failed["activity_id"], failed["status_id"]) == (3002, 1, 2)
+    assert failed["user"]["uid"] == "spiffe://example.org/agent/claims"
+    lines = log.read_text().splitlines()
+    lines[1] = lines[1].replace('"event":', '"event" :', 1)
+    log.write_text("\n".join(lines) + "\n")
+    broken = run_broker("audit", "export", "--format", "ocsf", str(log))
+    assert broken.returncode == 1
+    assert broken.stdout == ""
+    assert "FAILED" in broken.stderr
