@@ -214,6 +214,7 @@ class ToolGrant:
     reasons: tuple[str, ...] = ()
     messages: tuple[str, ...] = ()
     limits: tuple[Limit, ...] = ()
+    require_approval: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +264,11 @@ class Decision:
     def shadow(self) -> tuple[str, ...]:
         """The shadow denials as text (`rule: reason: message`), as the audit trail's `shadow`."""
         return tuple(f"{d.rule_id}: {d.reason}: {d.message}" for d in self.would_deny)
+
+    @property
+    def require_approval(self) -> bool:
+        """Whether an allowing rule wants a human approval before anything is issued."""
+        return self.allow and any(g.require_approval for g in self.tools if g.allowed)
 
     @property
     def rule_ids(self) -> tuple[str, ...]:

@@ -38,7 +38,15 @@ from broker.pipeline import Pipeline, ReplayGuard
 from broker.policy.reloader import LoadListener, PolicyVersion, ReloadingPolicy
 from broker.state import STATE_STORES
 from broker.tracing import Tracer
-from broker.typing import AuditSink, Clock, IdentitySource, Issuer, StateStore, TokenVerifier
+from broker.typing import (
+    ApprovalStore,
+    AuditSink,
+    Clock,
+    IdentitySource,
+    Issuer,
+    StateStore,
+    TokenVerifier,
+)
 
 if TYPE_CHECKING:
     from broker.policy.rego import RegoPolicy
@@ -208,6 +216,8 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             metrics=metrics,
             tracer=tracer,
             unparsed=unparsed,
+            approvals=state if isinstance(state, ApprovalStore) else None,
+            admins=settings.admins,
         )
         runtime = Runtime(
             settings=settings,

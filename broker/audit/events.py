@@ -11,12 +11,16 @@ from datetime import datetime
 
 from broker.clock import rfc3339
 from broker.domain import Caller, Credential, Decision, RequestContext, ShadowDenial, UserRef
+from broker.state.base import ApprovalRecord
 
 __all__ = [
     "AgentRef",
     "AuditEvent",
     "CredentialRef",
     "agent_revoked",
+    "approval_decided",
+    "approval_expired",
+    "approval_requested",
     "auth_failed",
     "credential_revoked",
     "denied",
@@ -307,4 +311,62 @@ def policy_loaded(
         remote=None,
         policy=(policy_id, version),
         target=target,
+    )
+
+
+def approval_requested(ctx: RequestContext, decision: Decision, approval_id: str) -> AuditEvent:
+    """`approval.requested`: allowed, but a rule wants a human approval first."""
+    return AuditEvent(
+        event="approval.requested",
+        ttl_granted=0,
+        decision="pending",
+        target={"approval_id": approval_id},
+        **_base(ctx, decision),  # type: ignore[arg-type]
+    )
+
+
+def approval_decided(
+    *,
+    approver: Caller,
+    approval: ApprovalRecord,
+    ts: datetime,
+    request_id: str | None,
+    remote: str | None,
+) -> AuditEvent:
+    """`approval.granted` or `approval.denied`, naming the approver as `agent`."""
+    granted = approval.status == "approved"
+    target: dict[str, object] = {"approval_id": approval.approval_id, "requester": approval.agent}
+    if approval.reason:
+        target["reason"] = approval.reason
+    return AuditEvent(
+        event="approval.granted" if granted else "approval.denied",
+        ts=ts,
+        request_id=request_id,
+        remote=remote,
+        agent=AgentRef.of(approver),
+        decision_id=approval.decision_id,
+        user=approval.user,
+        tools=approval.tools,
+        ttl_requested=approval.ttl_requested,
+        decision="allow" if granted else "deny",
+        reasons=() if granted else ("approval_denied",),
+        target=target,
+    )
+
+
+def approval_expired(*, approval: ApprovalRecord, ts: datetime) -> AuditEvent:
+    """`approval.expired`: nobody decided in time."""
+    return AuditEvent(
+        event="approval.expired",
+        ts=ts,
+        request_id=None,
+        remote=None,
+        agent=AgentRef(approval.agent),
+        decision_id=approval.decision_id,
+        user=approval.user,
+        tools=approval.tools,
+        ttl_requested=approval.ttl_requested,
+        decision="deny",
+        reasons=("approval_expired",),
+        target={"approval_id": approval.approval_id},
     )

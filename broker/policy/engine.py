@@ -284,6 +284,7 @@ class PolicyEngine:
                 max_ttl=self._cap(rule, tool),
                 scopes=granted_scopes,
                 limits=rule.limits,
+                require_approval=rule.require_approval,
             )
         if not failures:
             failures.append(

@@ -187,6 +187,7 @@ def _rule(item: Reader, index: int, known_tools: frozenset[str] | None) -> Rule:
             else None
         ),
         scopes=frozenset(s for v in scopes for s in v.split()) if scopes is not None else None,
+        require_approval=item.boolean("require_approval", False),  # noqa: FBT003
     )
     item.finish()
     return rule

@@ -104,6 +104,7 @@ class Rule:
     time_windows: tuple[TimeWindow, ...] = ()
     max_delegation_depth: int | None = None
     scopes: frozenset[str] | None = None
+    require_approval: bool = False
 
     @property
     def shadow(self) -> bool:

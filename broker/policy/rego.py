@@ -17,6 +17,7 @@ or over a tool's cap is never granted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -284,9 +285,7 @@ class RegoPolicy:
             return self.deny(decision_id, ("policy_error",), ("the policy could not be evaluated",))
         return self._decision(ctx, decision_id, _value(output))
 
-    def _decision(  # noqa: PLR0911 - one return per way a decision ends
-        self, ctx: RequestContext, decision_id: str, result: object
-    ) -> Decision:
+    def _decision(self, ctx: RequestContext, decision_id: str, result: object) -> Decision:
         if result is None:
             return self.deny(decision_id, ("policy_undefined",), ("the policy gave no decision",))
         if not isinstance(result, dict) or not isinstance(result.get("allow"), bool):
@@ -319,13 +318,7 @@ class RegoPolicy:
                 would_deny=would_deny,
             )
         if result.get("require_approval") is True:
-            # Human approval is not served yet: fail closed rather than issue unapproved.
-            return self.deny(
-                decision_id,
-                ("approval_required",),
-                ("the policy requires a human approval",),
-                would_deny=would_deny,
-            )
+            grants = [dataclasses.replace(g, require_approval=True) for g in grants]
         ttl = grant_ttl(
             requested=ctx.ttl_requested,
             caps=[g.max_ttl for g in grants],

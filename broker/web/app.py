@@ -11,7 +11,16 @@ from broker.constants import MAX_BODY_BYTES
 from broker.runtime import open_runtime
 from broker.typing import Clock
 from broker.web.discovery import Discovery
-from broker.web.handlers import admin, credentials, health, oauth, revocation, wellknown, whoami
+from broker.web.handlers import (
+    admin,
+    approvals,
+    credentials,
+    health,
+    oauth,
+    revocation,
+    wellknown,
+    whoami,
+)
 from broker.web.keys import (
     AGENTS,
     CATALOGUE,
@@ -68,4 +77,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app.router.add_post("/v1/revoke", revocation.revoke)
     app.router.add_post("/v1/admin/agents/revoke", revocation.revoke_agent)
     app.router.add_get("/v1/admin/agents", admin.list_agents)
+    app.router.add_post("/v1/admin/approvals/{approval_id}", approvals.decide)
+    app.router.add_get("/v1/approvals/{approval_id}", approvals.collect)
     return app

@@ -262,3 +262,71 @@ async def test_export_writes_valid_ocsf_events_after_verifying_the_chain(
     assert broken.returncode == 1
     assert broken.stdout == ""
     assert "FAILED" in broken.stderr
+
+
+async def test_human_approval_flow(tmp_path: Path) -> None:
+    """require_approval: 202 pending; admin approves once; the agent collects 201 once, then 410."""
+    from tests.support.clock import ManualClock
+
+    clock = ManualClock()
+    directory = tmp_path / "dev"
+    async with dev_broker(directory, clock=clock, policy=unwatched(directory)) as broker:
+        policy = yaml.safe_load(broker.td.policy.read_text())
+        policy["rules"][1]["require_approval"] = True
+        broker.td.policy.write_text(yaml.safe_dump(policy))
+        assert await broker.running.runtime.policy.reload_async()
+        analytics, admin = broker.agent("analytics"), broker.agent("admin")
+
+        async def ask() -> str:
+            pending = await analytics.credentials({"tools": ["analytics_api"], "ttl_seconds": 60})
+            assert pending.status == 202, pending.body
+            assert pending.body["status"] == "pending"
+            assert pending.body["decision_id"]
+            return str(pending.body["approval_id"])
+
+        first = await ask()
+        assert (await analytics.request("GET", f"/v1/approvals/{first}")).status == 202
+        approve = {"decision": "approve", "reason": "ticket 42"}
+        path = f"/v1/admin/approvals/{first}"
+        not_admin = await broker.agent("claims").request("POST", path, json_body=approve)
+        assert not_admin.status == 403
+        assert (await broker.agent("claims").request("GET", f"/v1/approvals/{first}")).status == 404
+        granted = await admin.request("POST", path, json_body=approve)
+        assert granted.status == 200
+        assert granted.body["status"] == "approved"
+        assert (await admin.request("POST", path, json_body=approve)).status == 409
+        clock.advance(30)
+        issued = await analytics.request("GET", f"/v1/approvals/{first}")
+        assert issued.status == 201
+        assert issued.body["expires_in"] == 60
+        assert issued.body["credentials"][0]["tool"] == "analytics_api"
+        assert (await analytics.request("GET", f"/v1/approvals/{first}")).status == 410
+
+        second = await ask()
+        deny = {"decision": "deny", "reason": "no"}
+        assert (
+            await admin.request("POST", f"/v1/admin/approvals/{second}", json_body=deny)
+        ).status == 200
+        denied = await analytics.request("GET", f"/v1/approvals/{second}")
+        assert denied.status == 403
+        assert denied.body["reasons"] == ["approval_denied"]
+
+        third = await ask()
+        clock.advance(901)
+        assert (await analytics.request("GET", f"/v1/approvals/{third}")).status == 410
+        records = broker.audit_records()
+    events = [r["event"] for r in records if r["event"].startswith(("approval.", "credential."))]
+    assert events == [
+        "approval.requested",
+        "approval.granted",
+        "credential.issued",
+        "approval.requested",
+        "approval.denied",
+        "approval.requested",
+        "approval.expired",
+    ]
+    grant = next(r for r in records if r["event"] == "approval.granted")
+    assert grant["agent"]["spiffe_id"] == "spiffe://example.org/admin"
+    assert grant["target"]["reason"] == "ticket 42"
+    issued_record = next(r for r in records if r["event"] == "credential.issued")
+    assert issued_record["target"] == {"approval_id": first}

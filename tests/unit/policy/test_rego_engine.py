@@ -117,15 +117,11 @@ async def test_an_undefined_decision_denies(tmp_path: Path) -> None:
             'decision := {"allow": true, "tools": {"analytics_api": {"limits": [{"kind": "x"}]}}}',
             "policy_error",
         ),
-        (
-            'decision := {"allow": true, "require_approval": true, "tools": {"analytics_api": {}}}',
-            "approval_required",
-        ),
         ('decision := {"allow": false}', "denied_by_policy"),
     ],
 )
 async def test_malformed_or_unservable_results_deny(tmp_path: Path, body: str, reason: str) -> None:
-    """Results that are not objects, miss a tool, carry bad limits or need approval deny."""
+    """Results that are not objects, miss a tool or carry bad limits deny."""
     engine = rego(tmp_path, f"package broker\n{body}\n")
     case = Case("x", ANALYTICS, ("analytics_api",))
     decision = await engine.decide(context(case), "d")
@@ -174,3 +170,15 @@ def test_the_input_document_has_every_field(tmp_path: Path) -> None:
     }
     assert doc["ttl_requested"] == 60
     assert doc["user"]["iss"] == IDP  # type: ignore[index]
+
+
+async def test_require_approval_is_read_from_the_result(tmp_path: Path) -> None:
+    """`require_approval: true` in the result makes an allowed decision wait for approval."""
+    engine = rego(
+        tmp_path,
+        'package broker\ndecision := {"allow": true, "require_approval": true, '
+        '"tools": {"analytics_api": {}}}\n',
+    )
+    decision = await engine.decide(context(Case("x", ANALYTICS, ("analytics_api",))), "d")
+    assert decision.allow
+    assert decision.require_approval
