@@ -30,7 +30,15 @@ from broker.config.settings import ToolSettings
 from broker.context.builder import ContextBuilder
 from broker.context.requests import CredentialRequest, ExchangeRequest
 from broker.context.user_token import UserTokenRejected
-from broker.domain import Caller, Credential, Decision, RequestContext, UserContext
+from broker.domain import (
+    Caller,
+    Credential,
+    Decision,
+    RequestContext,
+    Secret,
+    UserContext,
+    UserRef,
+)
 from broker.errors import (
     BrokerError,
     Conflict,
@@ -133,6 +141,7 @@ class Pipeline:
         approvals: ApprovalStore | None = None,
         admins: frozenset[str] = frozenset(),
         approval_seconds: int = DEFAULT_APPROVAL_SECONDS,
+        approver_groups: frozenset[str] = frozenset(),
     ) -> None:
         """Wire the steps.
 
@@ -154,6 +163,8 @@ class Pipeline:
             approvals: Where pending approvals are kept (None: `require_approval` refuses).
             admins: SPIFFE IDs that may approve or deny.
             approval_seconds: How long an approval may stay pending.
+            approver_groups: User-token groups whose members may approve (the token is
+                verified by the context builder's user-token verifier).
         """
         self.clock = clock
         self.authenticator = authenticator
@@ -171,6 +182,7 @@ class Pipeline:
         self.approvals = approvals
         self.admins = admins
         self.approval_seconds = approval_seconds
+        self.approver_groups = approver_groups
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -423,8 +435,12 @@ class Pipeline:
         reason: str | None,
         request_id: str,
         remote: str | None,
+        user_token: Secret | None = None,
     ) -> ApprovalRecord:
-        """Approve or deny a pending approval (administrators), at most once.
+        """Approve or deny a pending approval, at most once.
+
+        Approvers: administrators (SPIFFE IDs), or any authenticated caller presenting a
+        valid user token in one of `approver_groups` (never for that user's own request).
 
         Raises:
             Forbidden: The caller may not approve.
@@ -432,9 +448,10 @@ class Pipeline:
             Gone: It expired.
             Conflict: It was already decided.
         """
-        if approver.spiffe_id not in self.admins:
-            raise Forbidden("only an approver may decide approvals")
+        human = await self._approver(approver, user_token)
         record = await self._approval(approval_id)
+        if human is not None and human == record.user:
+            raise Forbidden("a user may not approve a request made on their own behalf")
         assert self.approvals is not None
         decided = await self.approvals.set_approval_status(
             approval_id,
@@ -445,16 +462,41 @@ class Pipeline:
         )
         if decided is None:
             raise Conflict(f"the approval is already {record.status}")
-        await self.audit.write(
-            events.approval_decided(
-                approver=approver,
-                approval=decided,
-                ts=self.clock.now(),
-                request_id=request_id,
-                remote=remote,
-            )
+        event = events.approval_decided(
+            approver=approver,
+            approval=decided,
+            ts=self.clock.now(),
+            request_id=request_id,
+            remote=remote,
         )
+        if human is not None:
+            event = dataclasses.replace(
+                event,
+                target={
+                    **event.target,
+                    "approver_user": {"iss": human.issuer, "sub": human.subject},
+                },
+            )
+        await self.audit.write(event)
         return decided
+
+    async def _approver(self, caller: Caller, user_token: Secret | None) -> UserRef | None:
+        """None for an administrator; the approving user for a user token in an approver group.
+
+        Raises:
+            Forbidden: Neither.
+        """
+        if caller.spiffe_id in self.admins and user_token is None:
+            return None
+        if user_token is None or not self.approver_groups:
+            raise Forbidden("only an approver may decide approvals")
+        try:
+            user = await self.context.verify_user_token(user_token)
+        except UserTokenRejected as exc:
+            raise Forbidden(f"approver token refused: {exc.message}") from None
+        if not set(user.groups) & self.approver_groups:
+            raise Forbidden("the user is in no approver group")
+        return user.ref
 
     async def collect(
         self, caller: Caller, approval_id: str, *, request_id: str, remote: str | None

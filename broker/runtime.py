@@ -218,6 +218,8 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             unparsed=unparsed,
             approvals=state if isinstance(state, ApprovalStore) else None,
             admins=settings.admins,
+            approval_seconds=settings.approvals.expiry_seconds,
+            approver_groups=settings.approvals.approver_groups,
         )
         runtime = Runtime(
             settings=settings,

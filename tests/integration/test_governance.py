@@ -330,3 +330,47 @@ async def test_human_approval_flow(tmp_path: Path) -> None:
     assert grant["target"]["reason"] == "ticket 42"
     issued_record = next(r for r in records if r["event"] == "credential.issued")
     assert issued_record["target"] == {"approval_id": first}
+
+
+async def test_approvers_by_user_token_group_and_a_configured_expiry(tmp_path: Path) -> None:
+    """A user in an approver group approves (not their own request); expiry_seconds applies."""
+    from broker.governance.config import ApprovalSettings
+    from tests.support.clock import ManualClock
+
+    clock = ManualClock()
+    directory = tmp_path / "dev"
+    approvals = ApprovalSettings(expiry_seconds=60, approver_groups=frozenset({"approvers"}))
+    async with dev_broker(
+        directory, clock=clock, policy=unwatched(directory), approvals=approvals
+    ) as broker:
+        policy = yaml.safe_load(broker.td.policy.read_text())
+        policy["rules"][0]["require_approval"] = True
+        broker.td.policy.write_text(yaml.safe_dump(policy))
+        assert await broker.running.runtime.policy.reload_async()
+        claims, approver_app = broker.agent("claims"), broker.agent("analytics")
+        alice = broker.user_token("alice", groups=("approvers",))
+        body = {"tools": ["customer_data_api"], "user_token": alice}
+        pending = await claims.credentials(body)
+        assert pending.status == 202
+        path = f"/v1/admin/approvals/{pending.body['approval_id']}"
+
+        async def approve_as(token: str | None) -> int:
+            request: dict[str, object] = {"decision": "approve"}
+            if token is not None:
+                request["user_token"] = token
+            return (await approver_app.request("POST", path, json_body=request)).status
+
+        assert await approve_as(None) == 403  # a workload alone is no approver
+        assert await approve_as(broker.user_token("carol")) == 403  # in no approver group
+        assert await approve_as(alice) == 403  # her own request
+        assert await approve_as(broker.user_token("bob", groups=("approvers",))) == 200
+        collected = await claims.request("GET", f"/v1/approvals/{pending.body['approval_id']}")
+        assert collected.status == 201
+        late = await claims.credentials(body)
+        clock.advance(61)
+        gone = await claims.request("GET", f"/v1/approvals/{late.body['approval_id']}")
+        assert gone.status == 410
+        records = broker.audit_records()
+    grant = next(r for r in records if r["event"] == "approval.granted")
+    assert grant["target"]["approver_user"]["sub"] == "bob"
+    assert grant["agent"]["spiffe_id"] == "spiffe://example.org/agent/analytics"
