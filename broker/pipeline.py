@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -142,6 +142,7 @@ class Pipeline:
         admins: frozenset[str] = frozenset(),
         approval_seconds: int = DEFAULT_APPROVAL_SECONDS,
         approver_groups: frozenset[str] = frozenset(),
+        on_pending: Callable[[ApprovalRecord], None] | None = None,
     ) -> None:
         """Wire the steps.
 
@@ -165,6 +166,7 @@ class Pipeline:
             approval_seconds: How long an approval may stay pending.
             approver_groups: User-token groups whose members may approve (the token is
                 verified by the context builder's user-token verifier).
+            on_pending: Told of each new pending approval (the webhook), after its audit.
         """
         self.clock = clock
         self.authenticator = authenticator
@@ -183,6 +185,7 @@ class Pipeline:
         self.admins = admins
         self.approval_seconds = approval_seconds
         self.approver_groups = approver_groups
+        self.on_pending = on_pending
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -407,6 +410,8 @@ class Pipeline:
         )
         await self.approvals.put_approval(record)
         await self.audit.write(events.approval_requested(ctx, decision, record.approval_id))
+        if self.on_pending is not None:
+            self.on_pending(record)
         return Pending(record.approval_id, decision.decision_id)
 
     async def _approval(self, approval_id: str) -> ApprovalRecord:

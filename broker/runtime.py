@@ -24,9 +24,10 @@ from broker.clock import SystemClock
 from broker.config.settings import Settings, ToolSettings
 from broker.context.builder import ContextBuilder
 from broker.context.user_token import UserTokenVerifier
-from broker.errors import Unavailable
+from broker.errors import ConfigError, Unavailable
 from broker.governance.archive import PolicyArchive, archive_dir_for
 from broker.governance.directory import AgentDirectory
+from broker.governance.webhook import ApprovalWebhook
 from broker.identity import IdentityError, create_identity_source
 from broker.identity.tls import ServerTls
 from broker.issuers import ISSUERS
@@ -188,6 +189,19 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         await user_tokens.start()
         stack.push_async_callback(user_tokens.close)
 
+        webhook = None
+        if settings.approvals.webhook_url is not None:
+            signer = next((p.signer for p in parts.values() if p.signer), None)
+            if signer is None:
+                raise ConfigError("approvals.webhook needs the jwt issuer (its key signs them)")
+            webhook = ApprovalWebhook(
+                settings.approvals.webhook_url,
+                signer,
+                clock,
+                settings.approvals.webhook_timeout_seconds,
+            )
+            stack.push_async_callback(webhook.close)
+
         authenticator = create_authenticator(settings, identity, clock)
         unparsed = UnparsedFailures(audit, clock)
         await unparsed.start()
@@ -220,6 +234,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             admins=settings.admins,
             approval_seconds=settings.approvals.expiry_seconds,
             approver_groups=settings.approvals.approver_groups,
+            on_pending=webhook.announce if webhook is not None else None,
         )
         runtime = Runtime(
             settings=settings,

@@ -374,3 +374,62 @@ async def test_approvers_by_user_token_group_and_a_configured_expiry(tmp_path: P
     grant = next(r for r in records if r["event"] == "approval.granted")
     assert grant["target"]["approver_user"]["sub"] == "bob"
     assert grant["agent"]["spiffe_id"] == "spiffe://example.org/agent/analytics"
+
+
+async def test_a_pending_approval_is_announced_by_a_signed_webhook(tmp_path: Path) -> None:
+    """The webhook body is a JWS (typ approval+jwt) that verifies with the broker's JWKS."""
+    import asyncio
+    import http.server
+    import threading
+
+    import jwt as pyjwt
+
+    from broker.governance.config import ApprovalSettings
+
+    received: list[tuple[str, bytes]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers["Content-Type"], body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    directory = tmp_path / "dev"
+    approvals = ApprovalSettings(webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
+    try:
+        async with dev_broker(
+            directory, policy=unwatched(directory), approvals=approvals
+        ) as broker:
+            policy = yaml.safe_load(broker.td.policy.read_text())
+            policy["rules"][1]["require_approval"] = True
+            broker.td.policy.write_text(yaml.safe_dump(policy))
+            assert await broker.running.runtime.policy.reload_async()
+            pending = await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
+            assert pending.status == 202
+            for _ in range(500):  # the webhook is sent in the background
+                if received:
+                    break
+                await asyncio.sleep(0.01)
+            jwks = (await broker.agent(None).request("GET", "/.well-known/jwks.json")).body
+    finally:
+        server.shutdown()
+        thread.join()
+    ((content_type, body),) = received
+    assert content_type == "application/jwt"
+    header = pyjwt.get_unverified_header(body)
+    assert header["typ"] == "approval+jwt"
+    key = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
+    claims = pyjwt.decode(
+        body, pyjwt.PyJWK(key).key, algorithms=[header["alg"]], options={"verify_aud": False}
+    )
+    assert claims["approval_id"] == pending.body["approval_id"]
+    assert claims["decision_id"] == pending.body["decision_id"]
+    assert claims["agent"] == "spiffe://example.org/agent/analytics"
+    assert claims["tools"] == ["analytics_api"]

@@ -26,3 +26,13 @@ def test_errors_name_the_key() -> None:
         parse_approvals(Reader(Path("c.yaml"), {"expiry_seconds": 1}))
     with pytest.raises(ConfigError, match="webhook"):
         parse_approvals(Reader(Path("c.yaml"), {"webhook": "x"}))
+
+
+def test_the_webhook_must_be_https_unless_loopback() -> None:
+    """http:// is refused except to a loopback address; https is taken as is."""
+    local = {"webhook": {"url": "http://127.0.0.1:9/hook", "timeout_seconds": 2}}
+    parsed = parse_approvals(Reader(Path("c.yaml"), local))
+    assert (parsed.webhook_url, parsed.webhook_timeout_seconds) == ("http://127.0.0.1:9/hook", 2)
+    remote = {"webhook": {"url": "http://hooks.example.org/x"}}
+    with pytest.raises(ConfigError, match=r"webhook\.url"):
+        parse_approvals(Reader(Path("c.yaml"), remote))
