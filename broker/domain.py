@@ -21,6 +21,7 @@ __all__ = [
     "LimitCheck",
     "RequestContext",
     "Secret",
+    "ShadowDenial",
     "ToolGrant",
     "UserContext",
     "UserRef",
@@ -213,6 +214,24 @@ class ToolGrant:
     reasons: tuple[str, ...] = ()
     messages: tuple[str, ...] = ()
     limits: tuple[Limit, ...] = ()
+    require_approval: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowDenial:
+    """What a shadow rule (`shadow: true`) would have denied: recorded, never enforced.
+
+    Attributes:
+        rule_id: The shadow rule.
+        tool: The tool it would have denied.
+        reason: The reason code it would have given.
+        message: The human explanation.
+    """
+
+    rule_id: str
+    tool: str
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +247,7 @@ class Decision:
         tools: Per-tool answers.
         reasons: Reason codes of the denial (or of a later refusal), deduplicated.
         messages: Human explanations of the reasons.
-        shadow: Denials of dry-run rules: recorded, not enforced.
+        would_deny: Denials of shadow rules: recorded, not enforced.
     """
 
     decision_id: str
@@ -239,7 +258,17 @@ class Decision:
     tools: tuple[ToolGrant, ...]
     reasons: tuple[str, ...] = ()
     messages: tuple[str, ...] = ()
-    shadow: tuple[str, ...] = ()
+    would_deny: tuple[ShadowDenial, ...] = ()
+
+    @property
+    def shadow(self) -> tuple[str, ...]:
+        """The shadow denials as text (`rule: reason: message`), as the audit trail's `shadow`."""
+        return tuple(f"{d.rule_id}: {d.reason}: {d.message}" for d in self.would_deny)
+
+    @property
+    def require_approval(self) -> bool:
+        """Whether an allowing rule wants a human approval before anything is issued."""
+        return self.allow and any(g.require_approval for g in self.tools if g.allowed)
 
     @property
     def rule_ids(self) -> tuple[str, ...]:

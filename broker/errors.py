@@ -170,6 +170,22 @@ class NotFound(BrokerError):
     title = "Not Found"
 
 
+class Conflict(BrokerError):
+    """The resource is not in a state that allows this (an approval already decided)."""
+
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class Gone(BrokerError):
+    """The resource existed but is no more (an expired or already used approval)."""
+
+    status = 410
+    code = "gone"
+    title = "Gone"
+
+
 class MethodNotAllowed(BrokerError):
     """The endpoint exists but not for this method."""
 

@@ -106,6 +106,12 @@ class Metrics:
             ["decision", "reason"],
             registry=self.registry,
         )
+        self.shadow_denials = Counter(
+            "broker_shadow_denials",
+            "Requests a shadow rule (shadow: true) would have denied, per rule (not enforced)",
+            ["rule"],
+            registry=self.registry,
+        )
         self.credentials = Counter(
             "broker_credentials_issued",
             "Credentials issued",
@@ -152,6 +158,11 @@ class Metrics:
             self._child(self.decisions, "allow", "").inc()
         for reason in decision.reasons:
             self._child(self.decisions, "deny", reason).inc()
+
+    def shadowed(self, decision: Decision) -> None:
+        """Count each shadow rule that would have denied this decision (once per decision)."""
+        for rule in dict.fromkeys(d.rule_id for d in decision.would_deny):
+            self._child(self.shadow_denials, rule).inc()
 
     def issued(self, credentials: list[Credential]) -> None:
         """Count issued credentials."""

@@ -15,8 +15,9 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import structlog
 
@@ -29,9 +30,21 @@ from broker.config.settings import ToolSettings
 from broker.context.builder import ContextBuilder
 from broker.context.requests import CredentialRequest, ExchangeRequest
 from broker.context.user_token import UserTokenRejected
-from broker.domain import Caller, Credential, Decision, RequestContext
+from broker.domain import (
+    Caller,
+    Credential,
+    Decision,
+    RequestContext,
+    Secret,
+    UserContext,
+    UserRef,
+)
 from broker.errors import (
     BrokerError,
+    Conflict,
+    Forbidden,
+    Gone,
+    NotFound,
     OAuthError,
     PolicyDenied,
     RateLimited,
@@ -42,11 +55,29 @@ from broker.issuers.base import IssueRequest
 from broker.lifecycle.release import release_at_issuer
 from broker.limits import Consumed, Limits
 from broker.metrics import Metrics
-from broker.state.base import CredentialRecord
+from broker.state.base import ApprovalRecord, CredentialRecord
 from broker.tracing import Tracer
-from broker.typing import AuditSink, Authenticator, Clock, Issuer, PolicyDecider, StateStore
+from broker.typing import (
+    ApprovalStore,
+    AuditSink,
+    Authenticator,
+    Clock,
+    Issuer,
+    PolicyDecider,
+    StateStore,
+)
 
-__all__ = ["CredentialRequest", "ExchangeRequest", "Issued", "Pipeline", "ReplayGuard", "new_id"]
+__all__ = [
+    "CredentialRequest",
+    "ExchangeRequest",
+    "Issued",
+    "Pending",
+    "Pipeline",
+    "ReplayGuard",
+    "new_id",
+]
+
+DEFAULT_APPROVAL_SECONDS = 900
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +93,22 @@ class Issued:
 
     decision: Decision
     credentials: tuple[Credential, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A request waiting for a human approval (202): nothing was issued."""
+
+    approval_id: str
+    decision_id: str
+
+    def to_json(self) -> dict[str, object]:
+        """The 202 body (CONTRACT section 8)."""
+        return {
+            "approval_id": self.approval_id,
+            "decision_id": self.decision_id,
+            "status": "pending",
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +138,11 @@ class Pipeline:
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
         unparsed: UnparsedFailures | None = None,
+        approvals: ApprovalStore | None = None,
+        admins: frozenset[str] = frozenset(),
+        approval_seconds: int = DEFAULT_APPROVAL_SECONDS,
+        approver_groups: frozenset[str] = frozenset(),
+        on_pending: Callable[[ApprovalRecord], None] | None = None,
     ) -> None:
         """Wire the steps.
 
@@ -109,6 +161,12 @@ class Pipeline:
             tracer: A span per step (a no-op unless tracing is configured).
             unparsed: Where failures that claim no identity are counted (see
                 `broker.audit.aggregate`).
+            approvals: Where pending approvals are kept (None: `require_approval` refuses).
+            admins: SPIFFE IDs that may approve or deny.
+            approval_seconds: How long an approval may stay pending.
+            approver_groups: User-token groups whose members may approve (the token is
+                verified by the context builder's user-token verifier).
+            on_pending: Told of each new pending approval (the webhook), after its audit.
         """
         self.clock = clock
         self.authenticator = authenticator
@@ -123,6 +181,11 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.tracer = tracer or Tracer(None)
         self.unparsed = unparsed or UnparsedFailures(audit, clock)
+        self.approvals = approvals
+        self.admins = admins
+        self.approval_seconds = approval_seconds
+        self.approver_groups = approver_groups
+        self.on_pending = on_pending
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -217,8 +280,11 @@ class Pipeline:
 
     async def issue(
         self, caller: Caller, request: CredentialRequest, *, request_id: str, remote: str | None
-    ) -> Issued:
+    ) -> Issued | Pending:
         """Decide, issue and audit a credential request (all tools or none).
+
+        A rule with `require_approval` makes it `Pending` instead: nothing is issued until
+        an approver approves and the agent collects (`collect`).
 
         Raises:
             PolicyDenied: 403, audited.
@@ -244,11 +310,22 @@ class Pipeline:
             built = await self.context.for_exchange(
                 caller, request, request_id=request_id, remote=remote
             )
-        return await self._run(*built)
+        issued = await self._run(*built, may_wait=False)
+        assert isinstance(issued, Issued)
+        return issued
 
-    async def _run(self, ctx: RequestContext, rejection: UserTokenRejected | None) -> Issued:
+    async def _run(
+        self,
+        ctx: RequestContext,
+        rejection: UserTokenRejected | None,
+        *,
+        may_wait: bool = True,
+        approval: ApprovalRecord | None = None,
+    ) -> Issued | Pending:
         with self._stage("policy"):
             decision = await self._decide(ctx, rejection)
+        if decision.require_approval and approval is None:
+            return await self._request_approval(ctx, decision, may_wait=may_wait)
         with self._stage("limits"):
             consumed = await self._consume_limits(ctx, decision)
         credentials: list[Credential] = []
@@ -259,7 +336,12 @@ class Pipeline:
                 records = [self._record(ctx, decision, c) for c in credentials]
                 await self.state.put_credentials(records)
             with self._stage("audit"):
-                await self.audit.write(events.issued(ctx, decision, credentials))
+                record = events.issued(ctx, decision, credentials)
+                if approval is not None:
+                    record = dataclasses.replace(
+                        record, target={"approval_id": approval.approval_id}
+                    )
+                await self.audit.write(record)
         except BrokerError as exc:
             await self._fail(ctx, decision, consumed, credentials, exc)
             raise
@@ -274,6 +356,7 @@ class Pipeline:
         else:
             decision = await self.policy.decide(ctx, decision_id)
         self.metrics.decision(decision)
+        self.metrics.shadowed(decision)
         if not decision.allow:
             await self.audit.write(events.denied(ctx, decision))
             raise PolicyDenied(
@@ -282,6 +365,203 @@ class Pipeline:
                 reasons=list(decision.reasons),
             )
         return decision
+
+    async def _refuse(
+        self, ctx: RequestContext, decision: Decision, code: str, message: str
+    ) -> NoReturn:
+        refused = dataclasses.replace(
+            decision, allow=False, ttl_granted=0, reasons=(code,), messages=(message,)
+        )
+        self.metrics.decision(refused)
+        await self.audit.write(events.denied(ctx, refused))
+        raise PolicyDenied(message, decision_id=decision.decision_id, reasons=[code])
+
+    async def _request_approval(
+        self, ctx: RequestContext, decision: Decision, *, may_wait: bool
+    ) -> Pending:
+        """Keep the request, bound to its agent, user, tools and TTL, until someone decides."""
+        if not may_wait:
+            await self._refuse(
+                ctx, decision, "approval_required", "this request needs a human approval"
+            )
+        if self.approvals is None:
+            await self._refuse(
+                ctx,
+                decision,
+                "approval_unavailable",
+                "the policy requires an approval, which this state store cannot keep",
+            )
+        assert self.approvals is not None
+        user = ctx.user
+        now = ctx.now.timestamp()
+        record = ApprovalRecord(
+            approval_id=new_id(),
+            decision_id=decision.decision_id,
+            agent=ctx.caller.spiffe_id,
+            user=user.ref if user else None,
+            tools=ctx.tools,
+            ttl_requested=ctx.ttl_requested,
+            created_at=now,
+            expires_at=now + self.approval_seconds,
+            user_tier=user.tier if user else None,
+            user_groups=user.groups if user else (),
+            user_expires_at=user.expires_at if user else None,
+            actors=ctx.actors,
+        )
+        await self.approvals.put_approval(record)
+        await self.audit.write(events.approval_requested(ctx, decision, record.approval_id))
+        if self.on_pending is not None:
+            self.on_pending(record)
+        return Pending(record.approval_id, decision.decision_id)
+
+    async def _approval(self, approval_id: str) -> ApprovalRecord:
+        if self.approvals is None:
+            raise NotFound("no such approval")
+        record = await self.approvals.get_approval(approval_id)
+        if record is None:
+            raise NotFound("no such approval")
+        if record.status == "pending" and self.clock.time() >= record.expires_at:
+            expired = await self.approvals.set_approval_status(
+                approval_id, expected="pending", status="expired"
+            )
+            if expired is not None:
+                await self.audit.write(
+                    events.approval_expired(approval=expired, ts=self.clock.now())
+                )
+            raise Gone("the approval expired")
+        return record
+
+    async def decide_approval(
+        self,
+        approver: Caller,
+        approval_id: str,
+        *,
+        approve: bool,
+        reason: str | None,
+        request_id: str,
+        remote: str | None,
+        user_token: Secret | None = None,
+    ) -> ApprovalRecord:
+        """Approve or deny a pending approval, at most once.
+
+        Approvers: administrators (SPIFFE IDs), or any authenticated caller presenting a
+        valid user token in one of `approver_groups` (never for that user's own request).
+
+        Raises:
+            Forbidden: The caller may not approve.
+            NotFound: No such approval.
+            Gone: It expired.
+            Conflict: It was already decided.
+        """
+        human = await self._approver(approver, user_token)
+        record = await self._approval(approval_id)
+        if human is not None and human == record.user:
+            raise Forbidden("a user may not approve a request made on their own behalf")
+        assert self.approvals is not None
+        decided = await self.approvals.set_approval_status(
+            approval_id,
+            expected="pending",
+            status="approved" if approve else "denied",
+            approver=approver.spiffe_id,
+            reason=reason,
+        )
+        if decided is None:
+            raise Conflict(f"the approval is already {record.status}")
+        event = events.approval_decided(
+            approver=approver,
+            approval=decided,
+            ts=self.clock.now(),
+            request_id=request_id,
+            remote=remote,
+        )
+        if human is not None:
+            event = dataclasses.replace(
+                event,
+                target={
+                    **event.target,
+                    "approver_user": {"iss": human.issuer, "sub": human.subject},
+                },
+            )
+        await self.audit.write(event)
+        return decided
+
+    async def _approver(self, caller: Caller, user_token: Secret | None) -> UserRef | None:
+        """None for an administrator; the approving user for a user token in an approver group.
+
+        Raises:
+            Forbidden: Neither.
+        """
+        if caller.spiffe_id in self.admins and user_token is None:
+            return None
+        if user_token is None or not self.approver_groups:
+            raise Forbidden("only an approver may decide approvals")
+        try:
+            user = await self.context.verify_user_token(user_token)
+        except UserTokenRejected as exc:
+            raise Forbidden(f"approver token refused: {exc.message}") from None
+        if not set(user.groups) & self.approver_groups:
+            raise Forbidden("the user is in no approver group")
+        return user.ref
+
+    async def collect(
+        self, caller: Caller, approval_id: str, *, request_id: str, remote: str | None
+    ) -> Issued | Pending:
+        """The requesting agent polls: pending, or the credentials exactly once.
+
+        The policy decides again when the credentials are collected (a policy changed in
+        the meantime still applies) and the TTL counts from this moment.
+
+        Raises:
+            NotFound: No such approval for this agent.
+            PolicyDenied: The approver denied it (or the policy now does).
+            Gone: It expired, or its credentials were already collected.
+        """
+        record = await self._approval(approval_id)
+        if record.agent != caller.spiffe_id:
+            raise NotFound("no such approval")
+        if record.status == "pending":
+            return Pending(record.approval_id, record.decision_id)
+        if record.status == "denied":
+            raise PolicyDenied(
+                "the approver denied the request",
+                decision_id=record.decision_id,
+                reasons=["approval_denied"],
+            )
+        assert self.approvals is not None
+        claimed = await self.approvals.set_approval_status(
+            approval_id, expected="approved", status="issued"
+        )
+        if claimed is None:
+            raise Gone(f"the approval is {record.status}")
+        user = None
+        if record.user is not None:
+            user = UserContext(
+                record.user.issuer,
+                record.user.subject,
+                record.user_expires_at or 0.0,
+                tier=record.user_tier,
+                groups=record.user_groups,
+                actors=record.actors,
+            )
+        ctx = RequestContext(
+            caller,
+            user,
+            record.tools,
+            record.ttl_requested,
+            self.clock.now(),
+            request_id,
+            remote=remote,
+            actors=record.actors,
+        )
+        try:
+            return await self._run(ctx, None, approval=claimed)
+        except Unavailable:
+            # Nothing was issued: the agent may collect again.
+            with contextlib.suppress(Unavailable):
+                await self.approvals.set_approval_status(
+                    approval_id, expected="issued", status="approved"
+                )
+            raise
 
     async def _consume_limits(self, ctx: RequestContext, decision: Decision) -> Consumed:
         """Step 4: rate limits and budgets; a refusal is audited and raised (429)."""

@@ -8,19 +8,26 @@ needs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from broker.audit import LeaseHasher, create_audit_sink
+import structlog
+
+from broker.audit import LeaseHasher, create_audit_sink, events
 from broker.audit.aggregate import UnparsedFailures
 from broker.authn import create_authenticator
 from broker.clock import SystemClock
 from broker.config.settings import Settings, ToolSettings
 from broker.context.builder import ContextBuilder
 from broker.context.user_token import UserTokenVerifier
+from broker.errors import ConfigError, Unavailable
+from broker.governance.archive import PolicyArchive, archive_dir_for
+from broker.governance.directory import AgentDirectory
+from broker.governance.webhook import ApprovalWebhook
 from broker.identity import IdentityError, create_identity_source
 from broker.identity.tls import ServerTls
 from broker.issuers import ISSUERS
@@ -29,12 +36,25 @@ from broker.lifecycle import Introspection, Revocation
 from broker.limits import Limits
 from broker.metrics import Metrics
 from broker.pipeline import Pipeline, ReplayGuard
-from broker.policy.reloader import ReloadingPolicy
+from broker.policy.reloader import LoadListener, PolicyVersion, ReloadingPolicy
 from broker.state import STATE_STORES
 from broker.tracing import Tracer
-from broker.typing import AuditSink, Clock, IdentitySource, Issuer, StateStore, TokenVerifier
+from broker.typing import (
+    ApprovalStore,
+    AuditSink,
+    Clock,
+    IdentitySource,
+    Issuer,
+    StateStore,
+    TokenVerifier,
+)
+
+if TYPE_CHECKING:
+    from broker.policy.rego import RegoPolicy
 
 __all__ = ["Runtime", "ToolCatalogue", "open_runtime"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +86,14 @@ class Runtime:
     tls: ServerTls
     state: StateStore
     audit: AuditSink
-    policy: ReloadingPolicy
+    policy: ReloadingPolicy | RegoPolicy
     tokens: TokenVerifier | None
     issuers: Mapping[str, Issuer]
     catalogue: ToolCatalogue
     pipeline: Pipeline
     introspection: Introspection
     revocation: Revocation
+    agents: AgentDirectory
     metrics: Metrics
     tracer: Tracer
     gauges: Mapping[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
@@ -137,13 +158,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         await identity.start()
         stack.push_async_callback(identity.close)
 
-        policy = ReloadingPolicy(
-            settings.policy.file if settings.policy else None,
-            known_tools=frozenset(t.name for t in settings.tools),
-            tool_scopes={t.name: t.scopes for t in settings.tools},
-            clock=clock,
-            watch_seconds=settings.policy.watch_seconds if settings.policy else 2.0,
-        )
+        policy = _policy_engine(settings, clock)
         await policy.start()
         stack.push_async_callback(policy.close)
 
@@ -154,6 +169,7 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         audit = create_audit_sink(settings, clock)
         await audit.start()
         stack.push_async_callback(audit.close)
+        await policy.subscribe(_record_policy_loads(settings, audit, clock))
 
         metrics = Metrics()
         deps = IssuerDeps(
@@ -172,6 +188,19 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
         user_tokens = UserTokenVerifier(settings.user_token_issuers, clock)
         await user_tokens.start()
         stack.push_async_callback(user_tokens.close)
+
+        webhook = None
+        if settings.approvals.webhook_url is not None:
+            signer = next((p.signer for p in parts.values() if p.signer), None)
+            if signer is None:
+                raise ConfigError("approvals.webhook needs the jwt issuer (its key signs them)")
+            webhook = ApprovalWebhook(
+                settings.approvals.webhook_url,
+                signer,
+                clock,
+                settings.approvals.webhook_timeout_seconds,
+            )
+            stack.push_async_callback(webhook.close)
 
         authenticator = create_authenticator(settings, identity, clock)
         unparsed = UnparsedFailures(audit, clock)
@@ -201,6 +230,11 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             metrics=metrics,
             tracer=tracer,
             unparsed=unparsed,
+            approvals=state if isinstance(state, ApprovalStore) else None,
+            admins=settings.admins,
+            approval_seconds=settings.approvals.expiry_seconds,
+            approver_groups=settings.approvals.approver_groups,
+            on_pending=webhook.announce if webhook is not None else None,
         )
         runtime = Runtime(
             settings=settings,
@@ -229,9 +263,58 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
                 admins=settings.admins,
                 agent_revocation_seconds=settings.state.agent_revocation_seconds,
             ),
+            agents=AgentDirectory(lambda: policy.engine, state, settings.admins),
             metrics=metrics,
             tracer=tracer,
             gauges={name: g for p in parts.values() for name, g in p.gauges.items()},
         )
         metrics.watch(runtime.metrics_state)
         yield runtime
+
+
+def _policy_engine(settings: Settings, clock: Clock) -> ReloadingPolicy | RegoPolicy:
+    """The configured `PolicyDecider`: the rule engine (default) or embedded Rego."""
+    scopes = {t.name: t.scopes for t in settings.tools}
+    if settings.policy is not None and settings.policy.engine == "rego":
+        from broker.policy.rego import RegoPolicy  # noqa: PLC0415 - an optional extra
+
+        return RegoPolicy(settings.policy, tool_scopes=scopes, clock=clock)
+    return ReloadingPolicy(
+        settings.policy.file if settings.policy else None,
+        known_tools=frozenset(t.name for t in settings.tools),
+        tool_scopes=scopes,
+        clock=clock,
+        watch_seconds=settings.policy.watch_seconds if settings.policy else 2.0,
+    )
+
+
+def _record_policy_loads(settings: Settings, audit: AuditSink, clock: Clock) -> LoadListener:
+    """Keep each policy version beside the audit log and audit `policy.loaded`.
+
+    With the audit trail on stdout there is no directory to keep versions in: the event
+    is still written, without `archived`.
+    """
+    path = settings.audit.path if settings.audit.sink == "file" else None
+    archive = PolicyArchive(archive_dir_for(path)) if path is not None else None
+
+    async def loaded(policy: PolicyVersion) -> None:
+        archived = None
+        if archive is not None and policy.raw is not None:
+            try:
+                archived = (await asyncio.to_thread(archive.keep, policy.raw, policy.suffix)).name
+            except OSError as exc:
+                log.warning("could not keep the policy version", reason=str(exc))
+        # A failure to audit is not fatal here: the policy is already in force, and the
+        # sink's own health check reports the sink.
+        with contextlib.suppress(Unavailable):
+            await audit.write(
+                events.policy_loaded(
+                    policy_id=policy.id,
+                    version=policy.version,
+                    content_hash=policy.content_hash,
+                    ts=clock.now(),
+                    archived=archived,
+                )
+            )
+
+    return loaded

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from broker.audit.events import AuditEvent
@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from broker.domain import Caller, Credential, Decision, LimitCheck, RequestContext
     from broker.identity.material import IdentitySnapshot, PublicKey
     from broker.issuers.base import IssueRequest
-    from broker.state.base import CredentialRecord, LimitResult
+    from broker.state.base import ApprovalRecord, CredentialRecord, LimitResult
 
 __all__ = [
+    "ApprovalStore",
     "AuditSink",
     "Authenticator",
     "Clock",
@@ -321,6 +322,53 @@ class StateStore(Protocol):
 
         Raises:
             Unavailable: The backend failed.
+        """
+        ...
+
+
+@runtime_checkable
+class ApprovalStore(Protocol):
+    """Pending human approvals (CONTRACT section 8), beside the other shared state.
+
+    A separate Protocol from `StateStore` for now: the SQLite store implements it; a
+    store that does not (Redis, until it gains these four methods) makes a rule with
+    `require_approval` refuse (`approval_unavailable`) instead of issuing unapproved.
+    Records live until a day after they lapse (to answer 410 rather than 404).
+    """
+
+    async def put_approval(self, record: ApprovalRecord) -> None:
+        """Remember a new pending approval.
+
+        Raises:
+            Unavailable: Not remembered.
+        """
+        ...
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        """An approval, or None if unknown (or forgotten).
+
+        Raises:
+            Unavailable: The backend failed.
+        """
+        ...
+
+    async def set_approval_status(
+        self,
+        approval_id: str,
+        *,
+        expected: str,
+        status: str,
+        approver: str | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord | None:
+        """Atomically move an approval from `expected` to `status` (compare-and-set).
+
+        Returns:
+            The updated record, or None when it is unknown or not in `expected` (so that
+            approving, denying, expiring and collecting each happen at most once).
+
+        Raises:
+            Unavailable: The backend failed (nothing changed).
         """
         ...
 

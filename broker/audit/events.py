@@ -10,18 +10,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from broker.clock import rfc3339
-from broker.domain import Caller, Credential, Decision, RequestContext, UserRef
+from broker.domain import Caller, Credential, Decision, RequestContext, ShadowDenial, UserRef
+from broker.state.base import ApprovalRecord
 
 __all__ = [
     "AgentRef",
     "AuditEvent",
     "CredentialRef",
     "agent_revoked",
+    "approval_decided",
+    "approval_expired",
+    "approval_requested",
     "auth_failed",
     "credential_revoked",
     "denied",
     "failed",
     "issued",
+    "policy_loaded",
     "revoke_refused",
 ]
 
@@ -96,6 +101,7 @@ class AuditEvent:
     policy: tuple[str, str] | None = None
     rules: tuple[str, ...] = ()
     shadow: tuple[str, ...] = ()
+    would_deny: tuple[ShadowDenial, ...] = ()
     credentials: tuple[CredentialRef, ...] = ()
     session_id: str | None = None
     reason: str | None = None
@@ -139,6 +145,12 @@ class AuditEvent:
             record["rules"] = list(self.rules)
         if self.shadow:
             record["shadow"] = list(self.shadow)
+        if self.would_deny:
+            record["would_deny"] = {
+                "reasons": list(dict.fromkeys(d.reason for d in self.would_deny)),
+                "rules": list(dict.fromkeys(d.rule_id for d in self.would_deny)),
+                "tools": list(dict.fromkeys(d.tool for d in self.would_deny)),
+            }
         if self.session_id is not None:
             record["session_id"] = self.session_id
         if self.reason is not None:
@@ -164,6 +176,7 @@ def _base(ctx: RequestContext, decision: Decision) -> dict[str, object]:
         "policy": (decision.policy_id, decision.policy_version),
         "rules": decision.rule_ids,
         "shadow": decision.shadow,
+        "would_deny": decision.would_deny,
         "session_id": ctx.session_id,
         "reason": ctx.reason,
         "trace_id": ctx.trace_id,
@@ -303,4 +316,87 @@ def agent_revoked(
         credentials=credentials,
         reasons=("admin_revocation",),
         target={"spiffe_id": spiffe_id, "until": rfc3339(until)},
+    )
+
+
+def policy_loaded(
+    *, policy_id: str, version: str, content_hash: str, ts: datetime, archived: str | None
+) -> AuditEvent:
+    """`policy.loaded`: a policy version went into force (start-up or reload).
+
+    Args:
+        policy_id: The policy's id.
+        version: Its version string (declared version plus short hash).
+        content_hash: The full SHA-256 of the file, hex.
+        ts: When it went into force.
+        archived: The file name of its stored copy beside the audit log, if stored.
+    """
+    target: dict[str, object] = {"hash": f"sha256:{content_hash}"}
+    if archived is not None:
+        target["archived"] = archived
+    return AuditEvent(
+        event="policy.loaded",
+        ts=ts,
+        request_id=None,
+        remote=None,
+        policy=(policy_id, version),
+        target=target,
+    )
+
+
+def approval_requested(ctx: RequestContext, decision: Decision, approval_id: str) -> AuditEvent:
+    """`approval.requested`: allowed, but a rule wants a human approval first."""
+    return AuditEvent(
+        event="approval.requested",
+        ttl_granted=0,
+        decision="pending",
+        target={"approval_id": approval_id},
+        **_base(ctx, decision),  # type: ignore[arg-type]
+    )
+
+
+def approval_decided(
+    *,
+    approver: Caller,
+    approval: ApprovalRecord,
+    ts: datetime,
+    request_id: str | None,
+    remote: str | None,
+) -> AuditEvent:
+    """`approval.granted` or `approval.denied`, naming the approver as `agent`."""
+    granted = approval.status == "approved"
+    target: dict[str, object] = {"approval_id": approval.approval_id, "requester": approval.agent}
+    if approval.reason:
+        target["reason"] = approval.reason
+    return AuditEvent(
+        event="approval.granted" if granted else "approval.denied",
+        ts=ts,
+        request_id=request_id,
+        remote=remote,
+        agent=AgentRef.of(approver),
+        decision_id=approval.decision_id,
+        user=approval.user,
+        tools=approval.tools,
+        ttl_requested=approval.ttl_requested,
+        decision="allow" if granted else "deny",
+        reasons=() if granted else ("approval_denied",),
+        target=target,
+    )
+
+
+def approval_expired(*, approval: ApprovalRecord, ts: datetime) -> AuditEvent:
+    """`approval.expired`: nobody decided in time."""
+    return AuditEvent(
+        event="approval.expired",
+        ts=ts,
+        request_id=None,
+        remote=None,
+        agent=AgentRef(approval.agent),
+        decision_id=approval.decision_id,
+        user=approval.user,
+        tools=approval.tools,
+        ttl_requested=approval.ttl_requested,
+        decision="deny",
+        reasons=("approval_expired",),
+        target={"approval_id": approval.approval_id},
     )

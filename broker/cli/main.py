@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from broker import __version__
-from broker.cli import dev, tools
+from broker.cli import agents, dev, tools
 from broker.config.settings import load_settings
 from broker.errors import ConfigError
 from broker.identity.material import IdentityError
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev.add_commands(commands)
     tools.add_commands(commands)
+    agents.add_commands(commands)
     return parser
 
 

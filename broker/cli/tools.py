@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from broker.audit.chain import verify_files
+from broker.cli import governance
 from broker.clock import SystemClock
 from broker.config.settings import load_settings
 from broker.constants import ISSUER_ALGORITHMS
@@ -47,6 +48,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "--no-head", action="store_true", help="ignore the FILE.head sidecar of the last file"
     )
     verify.set_defaults(run=_audit_verify)
+    governance.add_audit_commands(audit_sub)
 
     keys = commands.add_parser("keys", help="signing key tools")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, parser_class=type(keys))
@@ -84,7 +86,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
         if not isinstance(loaded, ed25519.Ed25519PublicKey):
             raise ConfigError(f"{args.public_key}: not an Ed25519 public key")
         key = loaded
-    chains = _by_chain(args.files)
+    chains = by_chain(args.files)
     failed = False
     for chain, files in chains.items():
         head = None
@@ -105,7 +107,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _by_chain(files: list[Path]) -> dict[str, list[Path]]:
+def by_chain(files: list[Path]) -> dict[str, list[Path]]:
     """The files of each chain, in the order given (`--workers` writes one chain each).
 
     A file is placed by the `chain` of its first record; one that cannot be read stays in

@@ -18,6 +18,7 @@ from broker.authn.config import AuthnSettings, parse_authentication
 from broker.config.reader import Reader, load_yaml_mapping
 from broker.constants import TOOL_NAME_PATTERN
 from broker.context.config import UserTokenIssuer, parse_user_token_issuers
+from broker.governance.config import ApprovalSettings, parse_approvals
 from broker.identity.config import IdentitySettings, parse_identity
 from broker.issuers import ISSUERS
 from broker.policy.config import PolicySettings, parse_policy
@@ -121,6 +122,7 @@ class Settings:
     tools: tuple[ToolSettings, ...] = ()
     audit: AuditSettings = field(default_factory=AuditSettings)
     admins: frozenset[str] = frozenset()
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     resource_servers: frozenset[str] = frozenset()
     log_level: str = "info"
     metrics: MetricsSettings | None = None
@@ -185,6 +187,7 @@ def load_settings(path: Path) -> Settings:
         tools=_tools(root.section("tools")),
         audit=parse_audit(root.section("audit")),
         admins=frozenset(root.spiffe_ids("admins")),
+        approvals=parse_approvals(root.section("approvals")),
         resource_servers=frozenset(root.spiffe_ids("resource_servers")),
         log_level=root.string("log_level", "info", choices=("debug", "info", "warning", "error")),
         metrics=_metrics(root.section("metrics")) if root.has("metrics") else None,

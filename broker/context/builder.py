@@ -20,7 +20,7 @@ from broker.context.user_token import (
     actors_of,
     check_may_act,
 )
-from broker.domain import Caller, RequestContext, UserContext
+from broker.domain import Caller, RequestContext, Secret, UserContext
 from broker.errors import OAuthError
 from broker.jose import JoseError, unverified_claims
 from broker.tracing import Tracer
@@ -60,6 +60,15 @@ class ContextBuilder:
         self._authenticator = authenticator
         self._tokens = tokens
         self._tracer = tracer or Tracer(None)
+
+    async def verify_user_token(self, token: Secret) -> UserContext:
+        """A user token on its own (an approver's), validated like any user token.
+
+        Raises:
+            UserTokenRejected: The token is not acceptable.
+            Unavailable: The issuer's keys cannot be obtained.
+        """
+        return await self._user_tokens.verify(token.reveal())
 
     async def for_credentials(
         self, caller: Caller, request: CredentialRequest, *, request_id: str, remote: str | None

@@ -115,4 +115,19 @@ rules:
     user:
       required: false
     max_ttl_seconds: 300
+
+# The agent registry: who owns each agent. An entry may also list `declared_tools`
+# (e.g. `declared_tools: [analytics_api]`): any other tool is then refused with
+# `tool_not_declared`, whatever a rule says.
+agents:
+  - spiffe_id: spiffe://{trust_domain}/agent/claims
+    owner: {{team: claims, contact: claims-team@{trust_domain}}}
+    description: Answers customers' claims questions on their behalf.
+    environment: development
+    version: "1.0.0"
+  - spiffe_id: spiffe://{trust_domain}/agent/analytics
+    owner: {{team: data, contact: data-team@{trust_domain}}}
+    description: Nightly analytics batch jobs.
+    environment: development
+    version: "1.0.0"
 """

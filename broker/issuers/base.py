@@ -96,12 +96,15 @@ class IssuerParts:
         exchangeable: Whether RFC 8693 token exchange may return its credentials (bearer
             tokens), not only `POST /v1/credentials`.
         gauges: Values `/metrics` reads at scrape time, by metric name.
+        signer: Signs other claims with the broker's token key (`sign(claims, typ)` ->
+            compact JWS, verifiable with the JWKS), e.g. approval webhooks.
     """
 
     issuer: Issuer
     token_verifier: TokenVerifier | None = None
     exchangeable: bool = False
     gauges: Mapping[str, tuple[str, Callable[[], float]]] = field(default_factory=dict)
+    signer: Callable[[dict[str, object], str], str] | None = None
 
 
 class IssuerFactory(Protocol):

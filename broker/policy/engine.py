@@ -3,11 +3,16 @@
 For each requested tool the candidate rules are those whose agent patterns match the
 caller and that name the tool. A matching deny rule (its conditions all true) denies; an
 allow rule whose conditions all hold allows (the first in file order wins, and brings its
-TTL cap, scopes and limits). A rule in `dry_run` mode never blocks: what it would have
-denied is recorded in the decision (and the audit trail) as `shadow`.
+TTL cap, scopes and limits). A shadow rule (`shadow: true`, formerly `mode: dry_run`)
+never blocks: what it would have denied is recorded in the decision as `would_deny` (and
+in the audit trail as `would_deny` and `shadow`).
 
 Candidate rules come from an index (exact IDs in a dict; `/*` prefixes looked up once per
 path segment of the caller's ID), so a decision costs the same with 10 or 10,000 agents.
+
+Before the rules, the agent registry: an agent whose entry declares its tools is denied
+any other tool (`tool_not_declared`); an agent without an entry, or whose entry declares
+no tools, is not restricted by the registry.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from broker.constants import MAX_CREDENTIAL_TTL
-from broker.domain import Decision, RequestContext, ToolGrant
+from broker.domain import Decision, RequestContext, ShadowDenial, ToolGrant
 from broker.policy.model import Effect, Mode, Policy, Rule
+from broker.policy.registry import AgentRegistry
 
 __all__ = ["PolicyEngine", "grant_ttl"]
 
@@ -69,6 +75,7 @@ class PolicyEngine:
         """
         self.policy = policy
         self._tool_scopes = {k: tuple(v) for k, v in (tool_scopes or {}).items()}
+        self.registry = AgentRegistry(policy.agents)
         self._exact: dict[str, list[Rule]] = {}
         self._prefix: dict[str, list[Rule]] = {}
         for rule in policy.rules:
@@ -94,13 +101,13 @@ class PolicyEngine:
             decision_id: The id to give the decision.
         """
         rules = self.rules_for(ctx.caller.spiffe_id)
-        shadow: list[str] = []
+        shadow: list[ShadowDenial] = []
         grants = [self._tool(ctx, tool, rules, shadow) for tool in ctx.tools]
         reasons = tuple(dict.fromkeys(r for g in grants for r in g.reasons))
         messages = tuple(m for g in grants for m in g.messages)
         if not all(g.allowed for g in grants):
             return self.deny(
-                decision_id, reasons, messages, tools=tuple(grants), shadow=tuple(shadow)
+                decision_id, reasons, messages, tools=tuple(grants), would_deny=tuple(shadow)
             )
         ttl = grant_ttl(
             requested=ctx.ttl_requested,
@@ -115,7 +122,7 @@ class PolicyEngine:
                 ("credential_lifetime_exhausted",),
                 ("the agent's SVID or the user's token expires too soon to issue",),
                 tools=tuple(grants),
-                shadow=tuple(shadow),
+                would_deny=tuple(shadow),
             )
         policy = self.policy
         return Decision(
@@ -125,7 +132,7 @@ class PolicyEngine:
             policy_version=policy.version,
             ttl_granted=ttl,
             tools=tuple(grants),
-            shadow=tuple(shadow),
+            would_deny=tuple(shadow),
         )
 
     def deny(
@@ -135,7 +142,7 @@ class PolicyEngine:
         messages: Sequence[str],
         *,
         tools: tuple[ToolGrant, ...] = (),
-        shadow: tuple[str, ...] = (),
+        would_deny: tuple[ShadowDenial, ...] = (),
     ) -> Decision:
         """A denial under this policy (also for refusals decided before the rules run)."""
         return Decision(
@@ -147,7 +154,7 @@ class PolicyEngine:
             tools=tools,
             reasons=tuple(reasons),
             messages=tuple(messages),
-            shadow=shadow,
+            would_deny=would_deny,
         )
 
     def _cap(self, rule: Rule, tool: str) -> int:
@@ -240,9 +247,16 @@ class PolicyEngine:
         return tuple(s for s in scopes if s in rule.scopes)
 
     def _tool(
-        self, ctx: RequestContext, tool: str, rules: list[Rule], shadow: list[str]
+        self, ctx: RequestContext, tool: str, rules: list[Rule], shadow: list[ShadowDenial]
     ) -> ToolGrant:
         agent = ctx.caller.spiffe_id
+        if self.registry.undeclared(agent, tool):
+            # The registry is a guard in front of the rules: an agent that declares its
+            # tools gets none other, whatever a broad rule (`tools: ["*"]`) would allow.
+            return _denied(
+                tool,
+                [_Denial("tool_not_declared", f"agent {agent} does not declare tool {tool}")],
+            )
         if not rules:
             return _denied(tool, [_Denial("agent_unknown", f"no policy rule names agent {agent}")])
         candidates = [r for r in rules if r.covers(tool)]
@@ -250,14 +264,14 @@ class PolicyEngine:
             if not self._conditions(rule, ctx, tool):
                 denial = _Denial("denied_by_rule", f"rule {rule.id} denies {tool} to {agent}")
                 if rule.mode is Mode.DRY_RUN:
-                    shadow.append(f"{rule.id}: {denial.code}: {denial.message}")
+                    shadow.append(ShadowDenial(rule.id, tool, denial.code, denial.message))
                     continue
                 return _denied(tool, [denial])
         failures: list[_Denial] = []
         for rule in (r for r in candidates if r.effect is Effect.ALLOW):
             problems = self._conditions(rule, ctx, tool)
             if problems and rule.mode is Mode.DRY_RUN:
-                shadow.extend(f"{rule.id}: {p.code}: {p.message}" for p in problems)
+                shadow.extend(ShadowDenial(rule.id, tool, p.code, p.message) for p in problems)
             elif problems:
                 failures.extend(problems)
                 continue
@@ -270,6 +284,7 @@ class PolicyEngine:
                 max_ttl=self._cap(rule, tool),
                 scopes=granted_scopes,
                 limits=rule.limits,
+                require_approval=rule.require_approval,
             )
         if not failures:
             failures.append(

@@ -12,6 +12,7 @@ from broker.config.reader import Reader, load_yaml_mapping
 from broker.constants import MAX_CREDENTIAL_TTL, TOOL_NAME_PATTERN
 from broker.policy.model import (
     WEEKDAYS,
+    AgentEntry,
     AgentPattern,
     Effect,
     Limit,
@@ -76,6 +77,14 @@ def load_policy(path: Path, *, known_tools: frozenset[str] | None = None) -> Pol
             raise item.error("id", f"duplicates rule id {rule.id!r}")
         seen_ids.add(rule.id)
         rules.append(rule)
+    agents: list[AgentEntry] = []
+    seen_agents: set[str] = set()
+    for item in root.sections("agents"):
+        entry = _agent_entry(item, known_tools)
+        if entry.pattern.text in seen_agents:
+            raise item.error("spiffe_id", f"describes {entry.pattern.text} a second time")
+        seen_agents.add(entry.pattern.text)
+        agents.append(entry)
     root.finish()
     return Policy(
         id=policy_id,
@@ -85,6 +94,7 @@ def load_policy(path: Path, *, known_tools: frozenset[str] | None = None) -> Pol
         tool_max_ttl=tool_caps,
         default_max_ttl=default_ttl,
         default_max_delegation_depth=default_depth,
+        agents=tuple(agents),
     )
 
 
@@ -117,6 +127,33 @@ def _agent_pattern(reader: Reader, key: str, value: str) -> AgentPattern:
     return AgentPattern(value)
 
 
+def _agent_entry(item: Reader, known_tools: frozenset[str] | None) -> AgentEntry:
+    pattern = _agent_pattern(item, "spiffe_id", item.string("spiffe_id"))
+    owner = item.section("owner")
+    team, contact = owner.optional_string("team"), owner.optional_string("contact")
+    owner.finish()
+    declared: frozenset[str] | None = None
+    if item.has("declared_tools"):
+        names = item.strings("declared_tools")
+        for i, name in enumerate(names):
+            if name == "*":
+                raise item.error(f"declared_tools[{i}]", "must name a tool, not '*'")
+            _check_tool(item, f"declared_tools[{i}]", name, known_tools)
+        declared = frozenset(names)
+    version = item.scalar("version") if item.has("version") else None
+    entry = AgentEntry(
+        pattern=pattern,
+        owner_team=team,
+        owner_contact=contact,
+        description=item.string("description", ""),
+        environment=item.optional_string("environment"),
+        version=version,
+        declared_tools=declared,
+    )
+    item.finish()
+    return entry
+
+
 def _rule(item: Reader, index: int, known_tools: frozenset[str] | None) -> Rule:
     rule_id = item.string("id", pattern=_RULE_ID)
     agents = item.strings("agents", non_empty=True)
@@ -125,7 +162,7 @@ def _rule(item: Reader, index: int, known_tools: frozenset[str] | None) -> Rule:
     for i, name in enumerate(tools):
         _check_tool(item, f"tools[{i}]", name, known_tools)
     effect = Effect(item.string("effect", "allow", choices=[e.value for e in Effect]))
-    mode = Mode(item.string("mode", "enforce", choices=[m.value for m in Mode]))
+    mode = _mode(item)
     scopes = item.strings("scopes", ()) if item.has("scopes") else None
     rule = Rule(
         id=rule_id,
@@ -150,9 +187,21 @@ def _rule(item: Reader, index: int, known_tools: frozenset[str] | None) -> Rule:
             else None
         ),
         scopes=frozenset(s for v in scopes for s in v.split()) if scopes is not None else None,
+        require_approval=item.boolean("require_approval", False),  # noqa: FBT003
     )
     item.finish()
     return rule
+
+
+def _mode(item: Reader) -> Mode:
+    """`shadow: true` (the contract's spelling) or its older alias `mode: dry_run`."""
+    mode = Mode(item.string("mode", "enforce", choices=[m.value for m in Mode]))
+    if not item.has("shadow"):
+        return mode
+    shadow = item.boolean("shadow")
+    if item.has("mode") and shadow != (mode is Mode.DRY_RUN):
+        raise item.error("shadow", f"contradicts mode: {mode.value} (give one of them)")
+    return Mode.DRY_RUN if shadow else Mode.ENFORCE
 
 
 def _user(reader: Reader) -> UserCondition:

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from broker.domain import Limit
 
 __all__ = [
+    "AgentEntry",
     "AgentPattern",
     "Effect",
     "Limit",
@@ -31,7 +32,7 @@ class Effect(StrEnum):
 
 
 class Mode(StrEnum):
-    """Whether a rule's denials are enforced or only recorded (shadow mode)."""
+    """Whether a rule's denials are enforced or only recorded (`shadow: true` is `dry_run`)."""
 
     ENFORCE = "enforce"
     DRY_RUN = "dry_run"
@@ -103,10 +104,40 @@ class Rule:
     time_windows: tuple[TimeWindow, ...] = ()
     max_delegation_depth: int | None = None
     scopes: frozenset[str] | None = None
+    require_approval: bool = False
+
+    @property
+    def shadow(self) -> bool:
+        """Whether the rule only records what it would deny (`shadow: true`)."""
+        return self.mode is Mode.DRY_RUN
 
     def covers(self, tool: str) -> bool:
         """Whether the rule speaks about `tool`."""
         return "*" in self.tools or tool in self.tools
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEntry:
+    """An agent's registry entry (CONTRACT section 8): who owns it and what it may ask for.
+
+    Attributes:
+        pattern: The exact SPIFFE ID, or a `/*` prefix, the entry describes.
+        owner_team: The owning team.
+        owner_contact: How to reach the owner.
+        description: What the agent does.
+        environment: Where it runs (free text: `production`, `staging`, ...).
+        version: The agent's own version (free text).
+        declared_tools: The tools the agent declares it uses; None when it declares none
+            (then the registry does not restrict it).
+    """
+
+    pattern: AgentPattern
+    owner_team: str | None = None
+    owner_contact: str | None = None
+    description: str = ""
+    environment: str | None = None
+    version: str | None = None
+    declared_tools: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +151,7 @@ class Policy:
     tool_max_ttl: dict[str, int] = field(default_factory=dict)
     default_max_ttl: int = 300
     default_max_delegation_depth: int = 2
+    agents: tuple[AgentEntry, ...] = ()
 
     @property
     def version(self) -> str:
@@ -130,4 +162,5 @@ class Policy:
     def tools(self) -> frozenset[str]:
         """Every tool the policy names (for cross-checks against the tool catalogue)."""
         named = {t for rule in self.rules for t in rule.tools if t != "*"}
-        return frozenset(named | set(self.tool_max_ttl))
+        declared = {t for a in self.agents for t in a.declared_tools or ()}
+        return frozenset(named | declared | set(self.tool_max_ttl))

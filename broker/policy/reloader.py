@@ -8,7 +8,9 @@ valid policy and never half-applies one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -21,9 +23,31 @@ from broker.policy.model import Policy
 from broker.tasks import stop_task
 from broker.typing import Clock
 
-__all__ = ["ReloadingPolicy"]
+__all__ = ["NO_POLICY", "LoadListener", "PolicyVersion", "ReloadingPolicy"]
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    """A policy version that went into force (what `policy.loaded` records and keeps).
+
+    Attributes:
+        id: The policy id.
+        version: The version string (declared version plus short hash).
+        content_hash: SHA-256 of the content, hex.
+        raw: The content (None when the file changed while it was being loaded).
+        suffix: The kind of content, as a file suffix (`yaml`, `rego`, `json`).
+    """
+
+    id: str
+    version: str
+    content_hash: str
+    raw: bytes | None
+    suffix: str = "yaml"
+
+
+LoadListener = Callable[[PolicyVersion], Awaitable[None]]
 
 NO_POLICY = Policy(id="none", declared_version="0", content_hash="0" * 64, rules=())
 
@@ -51,13 +75,17 @@ class ReloadingPolicy:
         self._clock = clock
         self._watch_seconds = watch_seconds
         self._stamp = self._stat()
+        self.raw: bytes | None = None
         if path is None:
             log.warning("no policy configured: every request is denied")
             policy = NO_POLICY
         else:
             policy = load_policy_file(path, known_tools=known_tools)
+            self.raw = self._content_of(policy)
         self._engine = PolicyEngine(policy, self._scopes)
         self._task: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._listeners: list[LoadListener] = []
         self.last_error: str | None = None
         log.info("policy loaded", policy_id=self.policy.id, version=self.policy.version)
 
@@ -65,6 +93,11 @@ class ReloadingPolicy:
     def policy(self) -> Policy:
         """The running policy."""
         return self._engine.policy
+
+    @property
+    def engine(self) -> PolicyEngine:
+        """The running rule engine (replaced, never changed, on reload)."""
+        return self._engine
 
     @property
     def version(self) -> tuple[str, str]:
@@ -88,6 +121,43 @@ class ReloadingPolicy:
             return None
         return (st.st_mtime_ns, st.st_size)
 
+    def _content_of(self, policy: Policy) -> bytes | None:
+        """The file's bytes, if they are still those `policy` was loaded from."""
+        if self._path is None:
+            return None
+        try:
+            raw = self._path.read_bytes()
+        except OSError:
+            return None
+        # Changed since it was parsed: the watcher loads the newer file on its next tick.
+        return raw if hashlib.sha256(raw).hexdigest() == policy.content_hash else None
+
+    async def subscribe(self, listener: LoadListener) -> None:
+        """Call `listener` now with the running policy's version, then after each reload."""
+        self._listeners.append(listener)
+        await listener(self._loaded())
+
+    def _loaded(self) -> PolicyVersion:
+        policy = self.policy
+        return PolicyVersion(policy.id, policy.version, policy.content_hash, self.raw)
+
+    async def reload_async(self) -> bool:
+        """`reload` off the event loop, then tell the listeners about a new policy."""
+        changed = await asyncio.to_thread(self.reload)
+        if changed:
+            for listener in self._listeners:
+                await listener(self._loaded())
+        return changed
+
+    async def _reload_task(self) -> None:
+        await self.reload_async()
+
+    def schedule_reload(self) -> None:
+        """Reload soon (the SIGHUP handler: a plain callback on the event loop)."""
+        task = asyncio.get_running_loop().create_task(self._reload_task())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
     def reload(self) -> bool:
         """Load the file again; keep the running policy if it is invalid.
 
@@ -110,6 +180,7 @@ class ReloadingPolicy:
         self.last_error = None
         if policy.version == self.policy.version:
             return False
+        self.raw = self._content_of(policy)
         self._engine = PolicyEngine(policy, self._scopes)
         log.info("policy reloaded", policy_id=policy.id, version=policy.version)
         return True
@@ -124,9 +195,11 @@ class ReloadingPolicy:
         while True:
             await self._clock.sleep(self._watch_seconds)
             if self._stat() != self._stamp:
-                await asyncio.to_thread(self.reload)
+                await self.reload_async()
 
     async def close(self) -> None:
         """Stop watching."""
         await stop_task(self._task)
         self._task = None
+        for task in list(self._reloads):
+            await stop_task(task)

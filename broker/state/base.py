@@ -9,8 +9,11 @@ from dataclasses import asdict, dataclass
 from broker.domain import LimitCheck, UserRef
 
 __all__ = [
+    "ApprovalRecord",
     "CredentialRecord",
     "LimitResult",
+    "approval_from_json",
+    "approval_to_json",
     "budget_key",
     "credential_from_json",
     "credential_to_json",
@@ -89,3 +92,57 @@ def budget_key(check: LimitCheck, now: float) -> tuple[str, float]:
     """The counter key of a fixed-window budget at `now`, and when that window ends."""
     index = math.floor(now / check.window_seconds)
     return f"{check.key}|{index}", (index + 1) * check.window_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    """A request waiting for (or given) a human approval, bound to exactly what was asked.
+
+    Attributes:
+        approval_id: The approval's id (random).
+        decision_id: The decision that required it.
+        agent: The requesting agent's SPIFFE ID (only it may collect the credentials).
+        user: The user it acts for, if any, and what the policy decides on about them.
+        user_tier: The user's tier.
+        user_groups: The user's groups.
+        user_expires_at: The user token's `exp` (bounds the credentials' TTL).
+        actors: Earlier agents of the delegation chain.
+        tools: The tools asked for.
+        ttl_requested: The TTL asked for (None: the cap).
+        created_at: Epoch seconds.
+        expires_at: When a pending approval lapses (epoch seconds).
+        status: `pending`, `approved`, `denied`, `expired` or `issued`.
+        approver: Who approved or denied it.
+        reason: The approver's reason.
+    """
+
+    approval_id: str
+    decision_id: str
+    agent: str
+    user: UserRef | None
+    tools: tuple[str, ...]
+    ttl_requested: int | None
+    created_at: float
+    expires_at: float
+    user_tier: str | None = None
+    user_groups: tuple[str, ...] = ()
+    user_expires_at: float | None = None
+    actors: tuple[str, ...] = ()
+    status: str = "pending"
+    approver: str | None = None
+    reason: str | None = None
+
+
+def approval_to_json(record: ApprovalRecord) -> str:
+    """Serialise an approval."""
+    return json.dumps(asdict(record), separators=(",", ":"))
+
+
+def approval_from_json(text: str | bytes) -> ApprovalRecord:
+    """Deserialise an approval."""
+    data = json.loads(text)
+    for key in ("tools", "user_groups", "actors"):
+        data[key] = tuple(data.get(key) or ())
+    user = data.get("user")
+    data["user"] = UserRef(user["issuer"], user["subject"]) if user else None
+    return ApprovalRecord(**data)

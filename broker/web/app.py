@@ -11,8 +11,18 @@ from broker.constants import MAX_BODY_BYTES
 from broker.runtime import open_runtime
 from broker.typing import Clock
 from broker.web.discovery import Discovery
-from broker.web.handlers import credentials, health, oauth, revocation, wellknown, whoami
+from broker.web.handlers import (
+    admin,
+    approvals,
+    credentials,
+    health,
+    oauth,
+    revocation,
+    wellknown,
+    whoami,
+)
 from broker.web.keys import (
+    AGENTS,
     CATALOGUE,
     DISCOVERY,
     INTROSPECTION,
@@ -44,6 +54,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             app[PIPELINE] = runtime.pipeline
             app[INTROSPECTION] = runtime.introspection
             app[REVOCATION] = runtime.revocation
+            app[AGENTS] = runtime.agents
             app[CATALOGUE] = runtime.catalogue
             app[DISCOVERY] = Discovery(runtime.tokens, settings.default_issuer)
             app[PROBES] = Probes(runtime.readiness, runtime.metrics)
@@ -66,4 +77,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app.router.add_post("/v1/introspect", oauth.introspect)
     app.router.add_post("/v1/revoke", revocation.revoke)
     app.router.add_post("/v1/admin/agents/revoke", revocation.revoke_agent)
+    app.router.add_get("/v1/admin/agents", admin.list_agents)
+    app.router.add_post("/v1/admin/approvals/{approval_id}", approvals.decide)
+    app.router.add_get("/v1/approvals/{approval_id}", approvals.collect)
     return app

@@ -11,6 +11,7 @@ import asyncio
 from aiohttp import web
 
 from broker.domain import Caller
+from broker.governance.directory import AgentDirectory
 from broker.lifecycle import Introspection, Revocation
 from broker.pipeline import Pipeline
 from broker.runtime import Runtime, ToolCatalogue
@@ -19,6 +20,7 @@ from broker.web.discovery import Discovery
 from broker.web.probes import Probes
 
 __all__ = [
+    "AGENTS",
     "CALLER",
     "CATALOGUE",
     "DISCOVERY",
@@ -37,6 +39,7 @@ RUNTIME = web.AppKey("runtime", Runtime)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 INTROSPECTION = web.AppKey("introspection", Introspection)
 REVOCATION = web.AppKey("revocation", Revocation)
+AGENTS = web.AppKey("agents", AgentDirectory)
 CATALOGUE = web.AppKey("catalogue", ToolCatalogue)
 DISCOVERY = web.AppKey("discovery", Discovery)
 PROBES = web.AppKey("probes", Probes)

@@ -159,7 +159,7 @@ async def _until_drained(
     loop.add_signal_handler(signal.SIGTERM, terminate, False)  # noqa: FBT003
     loop.add_signal_handler(signal.SIGINT, terminate, True)  # noqa: FBT003
     # SIGHUP: reload the policy now (validated first; a bad file keeps the old one).
-    loop.add_signal_handler(signal.SIGHUP, runtime.policy.reload)
+    loop.add_signal_handler(signal.SIGHUP, runtime.policy.schedule_reload)
     try:
         await stop.wait()
         draining.set()

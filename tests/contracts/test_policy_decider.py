@@ -1,6 +1,7 @@
 """The policy decider contract, run against every engine in `ENGINES`.
 
-Today that is the rule engine (`ReloadingPolicy` over a YAML policy file). An engine is
+The rule engine (`ReloadingPolicy` over a YAML policy file) and the embedded Rego engine
+(`RegoPolicy` over a `.rego` module). An engine is
 added by appending an `Engine` that writes the same small policy in its own language,
 opens the decider, and reloads it the way the broker does (a file change or SIGHUP).
 
@@ -27,6 +28,8 @@ import pytest
 import yaml
 
 from broker.domain import AuthMethod, Caller, RequestContext
+from broker.policy.config import PolicySettings
+from broker.policy.rego import RegoPolicy
 from broker.policy.reloader import ReloadingPolicy
 from broker.typing import PolicyDecider
 from tests.support.clock import ManualClock
@@ -82,7 +85,45 @@ async def _rules_reload(decider: PolicyDecider) -> None:
     await asyncio.to_thread(decider.reload)  # what the file watcher and SIGHUP run
 
 
-ENGINES = [Engine("rules", _rules_policy, _rules_broken, _rules_open, _rules_reload)]
+def _rego_policy(path: Path, policy_id: str, version: int, tools: Sequence[str]) -> None:
+    allowed = ", ".join(f'"{t}"' for t in tools)
+    path.write_text(
+        "package broker\n"
+        "import rego.v1\n"
+        f'policy := {{"id": "{policy_id}", "version": {version}}}\n'
+        'default decision := {"allow": false, "reasons": ["agent_unknown"]}\n'
+        f'decision := {{"allow": true, "tools": {{t: {{"rule": "claims", "max_ttl": 300}} '
+        "| some t in input.tools}} if {\n"
+        f'  input.caller.spiffe_id == "{ALLOWED}"\n'
+        f"  every t in input.tools {{ t in {{{allowed}}} }}\n"
+        "}\n"
+    )
+
+
+def _rego_broken(path: Path) -> None:
+    path.write_text("package broker\ndecision := \n")
+
+
+@asynccontextmanager
+async def _rego_open(path: Path, clock: ManualClock) -> AsyncIterator[PolicyDecider]:
+    settings = PolicySettings(file=None, engine="rego", module=path, watch_seconds=2)
+    decider = RegoPolicy(settings, tool_scopes=TOOLS, clock=clock)
+    await decider.start()
+    try:
+        yield decider
+    finally:
+        await decider.close()
+
+
+async def _rego_reload(decider: PolicyDecider) -> None:
+    assert isinstance(decider, RegoPolicy)
+    await asyncio.to_thread(decider.reload)
+
+
+ENGINES = [
+    Engine("rules", _rules_policy, _rules_broken, _rules_open, _rules_reload),
+    Engine("rego", _rego_policy, _rego_broken, _rego_open, _rego_reload),
+]
 
 
 @dataclass

@@ -36,7 +36,7 @@ class _Factory:
         await keys.start()
         try:
             issuer = JwtIssuer(settings.issuer or deps.settings.default_issuer, keys, deps.clock)
-            yield IssuerParts(issuer, token_verifier=issuer, exchangeable=True)
+            yield IssuerParts(issuer, token_verifier=issuer, exchangeable=True, signer=issuer.sign)
         finally:
             await keys.close()
 

@@ -43,6 +43,13 @@ class JwtIssuer:
         """The `iss` claim."""
         return self._issuer
 
+    def sign(self, claims: dict[str, object], typ: str) -> str:
+        """Sign other claims (a webhook's) with the current key: verifiable with the JWKS."""
+        key = self._keys.signing_key()
+        return sign_compact(
+            encoded_header(key.alg, key.kid, typ), {"iss": self._issuer, **claims}, key.private_key
+        )
+
     @property
     def algorithms(self) -> tuple[str, ...]:
         """The algorithms of the published keys."""

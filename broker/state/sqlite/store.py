@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import sqlite3
@@ -33,7 +34,14 @@ import structlog
 
 from broker.domain import LimitCheck, UserRef
 from broker.errors import Unavailable
-from broker.state.base import CredentialRecord, LimitResult, budget_key
+from broker.state.base import (
+    ApprovalRecord,
+    CredentialRecord,
+    LimitResult,
+    approval_from_json,
+    approval_to_json,
+    budget_key,
+)
 from broker.tasks import stop_task
 from broker.typing import Clock
 
@@ -74,9 +82,14 @@ CREATE TABLE IF NOT EXISTS budgets (
     key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, forget_at REAL NOT NULL, body TEXT NOT NULL
+);
 """
 
 SCHEMA_VERSION = 1
+# An approval is remembered this long after it lapses (to answer 410, not 404).
+APPROVAL_MEMORY_SECONDS = 86400
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
@@ -504,6 +517,67 @@ class SqliteStateStore:
             return cursor.rowcount == 1
 
         return await self._write(record)
+
+    # -- approvals --------------------------------------------------------------------------
+
+    async def put_approval(self, record: ApprovalRecord) -> None:
+        """Remember a pending approval (and forget those lapsed over a day ago)."""
+        now = self._clock.time()
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM approvals WHERE forget_at <= ?", (now,))
+            db.execute(
+                "INSERT INTO approvals (id, status, forget_at, body) VALUES (?, ?, ?, ?)",
+                (
+                    record.approval_id,
+                    record.status,
+                    record.expires_at + APPROVAL_MEMORY_SECONDS,
+                    approval_to_json(record),
+                ),
+            )
+
+        await self._write(put)
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        """An approval, or None."""
+        row = self._read(
+            lambda db: db.execute(
+                "SELECT body FROM approvals WHERE id = ?", (approval_id,)
+            ).fetchone()
+        )
+        return approval_from_json(row[0]) if row else None
+
+    async def set_approval_status(
+        self,
+        approval_id: str,
+        *,
+        expected: str,
+        status: str,
+        approver: str | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord | None:
+        """Compare-and-set the status in one transaction."""
+
+        def update(db: sqlite3.Connection) -> ApprovalRecord | None:
+            row = db.execute(
+                "SELECT body FROM approvals WHERE id = ? AND status = ?", (approval_id, expected)
+            ).fetchone()
+            if row is None:
+                return None
+            current = approval_from_json(row[0])
+            updated = dataclasses.replace(
+                current,
+                status=status,
+                approver=approver if approver is not None else current.approver,
+                reason=reason if reason is not None else current.reason,
+            )
+            db.execute(
+                "UPDATE approvals SET status = ?, body = ? WHERE id = ?",
+                (status, approval_to_json(updated), approval_id),
+            )
+            return updated
+
+        return await self._write(update)
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from broker.constants import MAX_TOKEN_BYTES, TOOL_NAME_PATTERN
 from broker.context.requests import CredentialRequest
 from broker.domain import Credential, Secret
 from broker.errors import BadRequest
-from broker.pipeline import Issued
+from broker.pipeline import Issued, Pending
 from broker.strictjson import MAX_JSON_DEPTH, too_deep, unique_members
 from broker.web.keys import CATALOGUE, PIPELINE, REQUEST_ID
 from broker.web.middleware import caller_of
@@ -149,4 +149,6 @@ async def post_credentials(request: web.Request) -> web.Response:
     issued = await request.app[PIPELINE].issue(
         caller_of(request), parsed, request_id=request[REQUEST_ID], remote=request.remote
     )
+    if isinstance(issued, Pending):
+        return json_response(issued.to_json(), status=202)
     return json_response(issued_json(issued), status=201)

@@ -1,0 +1,1 @@
+"""Governance (CONTRACT section 8): the agent registry's view, and the policy versions kept."""
