@@ -21,6 +21,7 @@ __all__ = [
     "credential_revoked",
     "denied",
     "failed",
+    "gateway_request",
     "issued",
 ]
 
@@ -100,6 +101,7 @@ class AuditEvent:
     reason: str | None = None
     trace_id: str | None = None
     target: dict[str, object] = field(default_factory=dict)
+    gateway: dict[str, object] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, object]:
         """The JSON object of the record (without chain fields).
@@ -146,6 +148,8 @@ class AuditEvent:
             record["trace_id"] = self.trace_id
         if self.target:
             record["target"] = self.target
+        if self.gateway:
+            record["gateway"] = self.gateway
         return record
 
 
@@ -273,4 +277,39 @@ def agent_revoked(
         credentials=credentials,
         reasons=("admin_revocation",),
         target={"spiffe_id": spiffe_id, "until": rfc3339(until)},
+    )
+
+
+def gateway_request(
+    *,
+    event: str,
+    ts: datetime,
+    request_id: str,
+    remote: str | None,
+    agent: str | None,
+    user: UserRef | None,
+    delegation_chain: tuple[str, ...],
+    tool: str | None,
+    decision: str,
+    reasons: tuple[str, ...],
+    details: dict[str, object],
+) -> AuditEvent:
+    """`gateway.forwarding` (durable before a request is forwarded) or `gateway.request`.
+
+    `details` carries the route, method, path (never the query), status, bytes, latency,
+    model, usage and cost: integers and strings only, never a key, a token or a body.
+    """
+    return AuditEvent(
+        event=event,
+        ts=ts,
+        request_id=request_id,
+        remote=remote,
+        agent=AgentRef(agent) if agent else None,
+        decision_id=request_id,
+        user=user,
+        delegation_chain=delegation_chain,
+        tools=(tool,) if tool else (),
+        decision=decision,
+        reasons=reasons,
+        gateway=details,
     )
