@@ -98,7 +98,7 @@ def gateway(bench: Bench) -> list[Result]:
         port = procs.free_port()
         section = {
             "host": "127.0.0.1",
-            "port": port,
+            "port": port,  # free again between the two brokers of the row
             "routes": {
                 "bench": {
                     "tool": "analytics_api",
@@ -132,6 +132,18 @@ def gateway(bench: Bench) -> list[Result]:
                 "direct-sat": bench.clients(direct_url, expected=201, body=BODY, cert=cert),
                 "via-sat": bench.clients(via_url, expected=201, body=BODY, headers=auth, cert=cert),
             }
+        # The same gateway with its audit sent to /dev/null without fsync: what the two
+        # durable records per request cost (compare with `audit-null` for issuance).
+        with bench.broker("gateway-null", gateway=section, durable_audit=False) as broker:
+            token = _credential(bench, broker.url)
+            _wait_gateway(bench, via_url, token)
+            loads["via-null"] = bench.clients(
+                via_url,
+                expected=201,
+                body=BODY,
+                headers={"Authorization": f"Bearer {token}"},
+                cert=cert,
+            )
     direct_open = Result(
         "gateway-direct-open",
         f"upstream direct, open loop {RATE:g}/s",
@@ -157,4 +169,10 @@ def gateway(bench: Bench) -> list[Result]:
         bare_key="gateway-direct",
         targets=[at_least("gateway-sat", 0.5, "gateway-direct", ">= 0.5x direct")],
     )
-    return [direct_open, via_open, direct_sat, via_sat]
+    via_null = Result(
+        "gateway-null-audit",
+        "through the gateway, audit to /dev/null, saturation",
+        load=loads["via-null"],
+        bare_key="gateway-direct",
+    )
+    return [direct_open, via_open, direct_sat, via_sat, via_null]

@@ -350,6 +350,7 @@ class Gateway:
         Returns:
             Whether the body arrived whole, and the bytes held back (sent after the record).
         """
+        held = b""
         try:
             await response.prepare(request)
             while True:
@@ -361,11 +362,14 @@ class Gateway:
                     record.reasons.append("upstream_idle_timeout")
                     return False, b""
                 if not chunk:
-                    return True, b""
+                    # Read to the end (not just the last byte), so that the upstream
+                    # connection goes back to the keep-alive pool.
+                    return True, held
                 record.bytes_out += len(chunk)
                 meter.feed(chunk)
                 if record.bytes_out == upstream.content_length:
-                    return True, chunk  # the agent sees the end with these bytes
+                    held = chunk  # the agent sees the end with these bytes
+                    continue
                 await response.write(chunk)
         except (aiohttp.ClientError, OSError):
             record.reasons.append("stream_interrupted")
