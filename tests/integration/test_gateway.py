@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from broker.audit.chain import verify_files
 from tests.support.broker import free_port
 from tests.support.gateway import GatewayEnv, gateway_broker
 from tests.support.openbao import KV_PATH, IssuerVault, issuer_vault
@@ -110,6 +111,7 @@ async def test_agent_calls_upstream_without_holding_the_key(env: GatewayEnv) -> 
     assert record["gateway"]["model"] == "gpt-4o-mini"
     assert record["gateway"]["usage"] == {"input_tokens": 10, "output_tokens": 20}
     assert record["gateway"]["bytes_out"] > 0
+    assert verify_files([env.broker.td.root / "audit.log"]).ok  # the same hash chain
     audit = (env.broker.td.root / "audit.log").read_text()
     for secret in (env.upstream.key, token, "q-secret-value", '"content": "hi"'):
         assert secret not in audit
@@ -149,6 +151,20 @@ async def test_revoked_credential_is_refused(env: GatewayEnv) -> None:
     assert problem["reasons"] == ["revoked"]
     assert record["decision"] == "deny"
     assert record["reasons"] == ["revoked"]
+
+
+async def test_revoked_agent_is_refused(env: GatewayEnv) -> None:
+    """An agent revoked by an admin: its live credential is refused at once (401)."""
+    token = await env.credential()
+    revoke = await env.broker.agent("admin").request(
+        "POST",
+        "/v1/admin/agents/revoke",
+        json_body={"spiffe_id": "spiffe://example.org/agent/analytics"},
+    )
+    assert revoke.status == 200, revoke.body
+    status, _problem, record = await refused(env, CHAT, token=token)
+    assert status == 401
+    assert record["reasons"] in (["revoked"], ["agent_revoked"])
 
 
 async def test_wrong_audience_is_refused(env: GatewayEnv) -> None:
