@@ -124,7 +124,9 @@ class GatewaySettings:
             mTLS is optional, but a token bound by `cnf` still needs its certificate.
         max_body_bytes: Largest request body forwarded.
         connect_timeout_seconds: Connecting to the upstream.
-        first_byte_timeout_seconds: From the request sent to the upstream's response headers.
+        first_byte_timeout_seconds: From the request's start (after at most
+            `connect_timeout_seconds` of connecting; a streamed upload counts) to the
+            upstream's response headers.
         idle_timeout_seconds: Longest silence while a body streams either way.
         pool_size: Upstream connections kept (keep-alive), across routes.
         token_cache_entries: Verified credentials remembered (by digest, until expiry).

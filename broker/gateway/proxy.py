@@ -71,7 +71,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 _CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
-_CHUNK = 64 * 1024
+# The model allow-list applies to requests that carry a JSON body (a GET of
+# `/v1/models` has none and no model to check).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _USAGE_TAIL = 1 << 20  # a non-streamed JSON body is parsed for usage up to this size
 
 
@@ -161,8 +163,9 @@ class Gateway:
             total=None,
             connect=settings.connect_timeout_seconds,
             sock_connect=settings.connect_timeout_seconds,
-            sock_read=max(settings.first_byte_timeout_seconds, settings.idle_timeout_seconds),
+            sock_read=None,  # the response headers: `first_byte`; the body: `idle` (below)
         )
+        self._first_byte = settings.connect_timeout_seconds + settings.first_byte_timeout_seconds
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Serve one gateway request (every outcome audited)."""
@@ -203,7 +206,7 @@ class Gateway:
         body: bytes | None = None
         try:
             check_request(route, request.method, record.path, raw_rest)
-            if route.models is not None:
+            if route.models is not None and request.method in _BODY_METHODS:
                 body = await _read_body(request, self._settings.max_body_bytes)
                 record.bytes_in = len(body)
                 record.model = model_of(body)
@@ -269,16 +272,17 @@ class Gateway:
         else:
             data = None
         try:
-            upstream = await self._session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                timeout=self._timeout,
-                ssl=self._tls[route.name],
-                allow_redirects=False,
-                auto_decompress=False,
-            )
+            async with asyncio.timeout(self._first_byte):
+                upstream = await self._session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    timeout=self._timeout,
+                    ssl=self._tls[route.name],
+                    allow_redirects=False,
+                    auto_decompress=False,
+                )
         except TimeoutError:
             record.reasons.append("upstream_timeout")
             raise GatewayTimeout("the upstream did not answer in time") from None

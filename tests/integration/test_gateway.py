@@ -277,3 +277,28 @@ def _payload(token: str) -> str:
 
     part = token.split(".")[1]
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+
+
+async def test_upstream_timeout_and_body_limit(tmp_path: Path, bao: IssuerVault) -> None:
+    """A slow upstream: 504; a body over the limit on a model route: 413, nothing forwarded."""
+    limits = {
+        "connect_timeout_seconds": 0.5,
+        "first_byte_timeout_seconds": 0.5,
+        "max_body_bytes": 2048,
+    }
+    async with (
+        local_upstream(upstream_key(bao)) as upstream,
+        gateway_broker(tmp_path / "dev", bao, upstream, limits) as env,
+    ):
+        token = await env.credential()
+        headers = {"Authorization": f"Bearer {token}"}
+        async with env.session() as session:
+            async with session.get(f"{env.url}/llm/v1/models/slow", headers=headers) as response:
+                assert response.status == 504
+            assert last_request(env)["reasons"] == ["upstream_timeout"]
+            big = {**MESSAGE, "padding": "x" * 4096}
+            before = len(upstream.seen)
+            async with session.post(f"{env.url}{CHAT}", json=big, headers=headers) as response:
+                assert response.status == 413
+            assert len(upstream.seen) == before
+            assert last_request(env)["reasons"] == ["payload_too_large"]

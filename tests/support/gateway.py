@@ -55,13 +55,16 @@ class GatewayEnv:
         return [r for r in self.broker.audit_records() if event is None or r["event"] == event]
 
 
-def gateway_section(upstream: Upstream, key_file: Path, **extra_routes: Any) -> dict[str, Any]:
+def gateway_section(
+    upstream: Upstream, key_file: Path, limits: dict[str, Any] | None = None, **extra_routes: Any
+) -> dict[str, Any]:
     """The `gateway:` section the tests use: OpenAI-like and Anthropic-like routes."""
     return {
         "host": "127.0.0.1",
         "port": 0,
         "first_byte_timeout_seconds": 5,
         "idle_timeout_seconds": 5,
+        **(limits or {}),
         "routes": {
             "llm": {
                 "tool": "analytics_api",
@@ -87,7 +90,11 @@ def gateway_section(upstream: Upstream, key_file: Path, **extra_routes: Any) -> 
 
 @asynccontextmanager
 async def gateway_broker(
-    directory: Path, bao: IssuerVault, upstream: Upstream, **extra_routes: Any
+    directory: Path,
+    bao: IssuerVault,
+    upstream: Upstream,
+    limits: dict[str, Any] | None = None,
+    **extra_routes: Any,
 ) -> AsyncIterator[GatewayEnv]:
     """Create the dev trust domain, add Vault and the gateway, and serve both in-process."""
     td, _ = init_trust_domain(directory, None, SystemClock())
@@ -103,7 +110,7 @@ async def gateway_broker(
     }
     if config["vault"]["ca_file"] is None:
         del config["vault"]["ca_file"]
-    config["gateway"] = gateway_section(upstream, key_file, **extra_routes)
+    config["gateway"] = gateway_section(upstream, key_file, limits, **extra_routes)
     td.config.write_text(yaml.safe_dump(config, sort_keys=False))
     settings = load_settings(td.config)
     assert settings.gateway is not None

@@ -132,6 +132,8 @@ def upstream_app(upstream: Upstream) -> web.Application:
         upstream.paths.append(request.path_qs)
         if not _authorized(upstream, request):
             return web.json_response({"error": {"message": "invalid api key"}}, status=401)
+        if request.path.endswith("/slow"):
+            await asyncio.sleep(3)
         if request.method == "GET":
             return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini"}]})
         body = await request.json()
