@@ -101,7 +101,11 @@ def create_gateway_app(
 
 
 async def start_gateway(
-    settings: GatewaySettings, runtime: Runtime, middlewares: Sequence[Middleware] = ()
+    settings: GatewaySettings,
+    runtime: Runtime,
+    middlewares: Sequence[Middleware] = (),
+    *,
+    reuse_port: bool = False,
 ) -> tuple[web.AppRunner, web.TCPSite, str]:
     """Start the gateway's listener with the broker's TLS identity.
 
@@ -122,6 +126,7 @@ async def start_gateway(
             settings.port,
             ssl_context=runtime.tls.context,
             reuse_address=True,
+            reuse_port=reuse_port,  # `broker serve --workers N`: every worker binds it
         )
         await site.start()
     except BaseException:

@@ -108,7 +108,7 @@ async def serve(
             side_runners.append(await _start_metrics_listener(settings.metrics, runtime))
         if settings.gateway is not None:
             gateway_runner, gateway_site, gateway_url = await start_gateway(
-                settings.gateway, runtime, [in_flight.middleware]
+                settings.gateway, runtime, [in_flight.middleware], reuse_port=settings.workers > 1
             )
             side_runners.append(gateway_runner)
             side_sites.append(gateway_site)
