@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import structlog
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from broker.audit.events import gateway_request
 from broker.domain import UserRef
@@ -251,11 +252,10 @@ class Gateway:
         body: bytes | None,
         key: str,
     ) -> web.StreamResponse:
-        headers = {
-            name: value
-            for name, value in request.headers.items()
-            if name.lower() not in HOP_BY_HOP and name.lower() not in _CREDENTIAL_HEADERS
-        }
+        drop = _hop_by_hop(request.headers) | _CREDENTIAL_HEADERS
+        headers = CIMultiDict(
+            (name, value) for name, value in request.headers.items() if name.lower() not in drop
+        )
         if route.key_header is TokenHeader.AUTHORIZATION:
             headers["Authorization"] = f"Bearer {key}"
         else:
@@ -318,8 +318,9 @@ class Gateway:
         upstream: aiohttp.ClientResponse,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        drop = _hop_by_hop(upstream.headers)
         for name, value in upstream.headers.items():
-            if name.lower() not in HOP_BY_HOP:
+            if name.lower() not in drop:
                 response.headers.add(name, value)
         record.status = upstream.status
         meter = _UsageMeter(upstream.headers.get("Content-Type", ""))
@@ -417,6 +418,16 @@ class Gateway:
                 details=record.details(),
             )
         )
+
+
+def _hop_by_hop(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """RFC 9110 section 7.6.1: the fixed hop-by-hop headers and those `Connection` names."""
+    named = {
+        token.strip().lower()
+        for value in headers.getall("Connection", [])
+        for token in value.split(",")
+    }
+    return HOP_BY_HOP | named
 
 
 def _token(request: web.Request, preferred: TokenHeader) -> str | None:
