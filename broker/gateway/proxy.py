@@ -36,7 +36,7 @@ import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from broker.audit.events import gateway_request
+from broker.audit.events import AuditEvent, gateway_request
 from broker.domain import UserRef
 from broker.errors import (
     BrokerError,
@@ -75,6 +75,7 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
 # The model allow-list applies to requests that carry a JSON body (a GET of
 # `/v1/models` has none and no model to check).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_SMALL_BODY = 64 * 1024
 _USAGE_TAIL = 1 << 20  # a non-streamed JSON body is parsed for usage up to this size
 
 
@@ -160,6 +161,7 @@ class Gateway:
         self._session = session
         self._tls = upstream_tls
         self._audiences = audiences
+        self._pending: set[asyncio.Task[None]] = set()
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=settings.connect_timeout_seconds,
@@ -264,6 +266,12 @@ class Gateway:
             route.upstream + raw_rest + (f"?{request.query_string}" if request.query_string else "")
         )
         data: bytes | AsyncIterator[bytes] | None
+        length = request.content_length
+        if body is None and length is not None and length <= _SMALL_BODY:
+            # A small sized body goes in one write with the headers (a stream of one
+            # chunk costs a round of the event loop per part); it is all here already.
+            body = await _read_body(request, self._settings.max_body_bytes)
+            record.bytes_in = len(body)
         if body is not None:
             data = body
             headers.pop("Content-Length", None)
@@ -381,6 +389,13 @@ class Gateway:
             return False, b""
 
     async def _complete(self, request: web.Request, record: _Record, route: RouteSettings) -> None:
+        """Record the spend (awaited: the agent's next request must see it), then audit.
+
+        The `gateway.request` record is written in the background: the request's
+        `gateway.forwarding` record was durable before anything was forwarded, and
+        waiting for a second fsync would only add latency. `settled()` (and closing)
+        waits for these writes.
+        """
         caller = record.caller
         assert caller is not None
         try:
@@ -393,30 +408,48 @@ class Gateway:
                     cost=record.cost,
                     now=self._clock.time(),
                 )
-            await self._write(request, record, "gateway.request", "allow")
         except Unavailable:
-            # The request already happened (its `gateway.forwarding` record is durable).
-            log.exception("gateway completion not recorded", request_id=record.request_id)
+            record.reasons.append("spend_not_recorded")
+            log.warning("gateway spend not recorded", request_id=record.request_id)
+        task = asyncio.create_task(
+            self._write_completion(self._event(request, record, "gateway.request", "allow"))
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write_completion(self, event: AuditEvent) -> None:
+        try:
+            await self._audit.write(event)
+        except Unavailable:
+            log.exception("gateway completion not recorded", request_id=event.request_id)
+
+    async def settled(self) -> None:
+        """Wait until every background `gateway.request` record is written."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def _write(
         self, request: web.Request, record: _Record, event: str, decision: str
     ) -> None:
+        await self._audit.write(self._event(request, record, event, decision))
+
+    def _event(
+        self, request: web.Request, record: _Record, event: str, decision: str
+    ) -> AuditEvent:
         caller = record.caller
         user: UserRef | None = caller.user if caller else None
-        await self._audit.write(
-            gateway_request(
-                event=event,
-                ts=self._clock.now(),
-                request_id=record.request_id,
-                remote=request.remote,
-                agent=caller.agent if caller else None,
-                user=user,
-                delegation_chain=caller.delegation_chain if caller else (),
-                tool=record.route.tool if record.route else None,
-                decision=decision,
-                reasons=tuple(record.reasons),
-                details=record.details(),
-            )
+        return gateway_request(
+            event=event,
+            ts=self._clock.now(),
+            request_id=record.request_id,
+            remote=request.remote,
+            agent=caller.agent if caller else None,
+            user=user,
+            delegation_chain=caller.delegation_chain if caller else (),
+            tool=record.route.tool if record.route else None,
+            decision=decision,
+            reasons=tuple(record.reasons),
+            details=record.details(),
         )
 
 

@@ -90,7 +90,10 @@ def create_gateway_app(
                 upstream_tls=tls,
                 audiences=audiences,
             )
-            yield
+            try:
+                yield
+            finally:
+                await app[GATEWAY].settled()  # before the audit sink closes
 
     async def handle(request: web.Request) -> web.StreamResponse:
         return await request.app[GATEWAY].handle(request)

@@ -76,8 +76,8 @@ async def env(tmp_path: Path, bao: IssuerVault) -> AsyncIterator[GatewayEnv]:
         yield running
 
 
-def last_request(env: GatewayEnv) -> dict[str, Any]:
-    return env.records("gateway.request")[-1]
+async def last_request(env: GatewayEnv) -> dict[str, Any]:
+    return (await env.settled_records("gateway.request"))[-1]
 
 
 async def test_agent_calls_upstream_without_holding_the_key(env: GatewayEnv) -> None:
@@ -99,8 +99,8 @@ async def test_agent_calls_upstream_without_holding_the_key(env: GatewayEnv) -> 
     assert seen["Authorization"] == f"Bearer {env.upstream.key}"
     assert all(token not in value for value in seen.values())
     assert env.upstream.paths[-1] == "/v1/chat/completions?api-version=q-secret-value"
-    forwarding = env.records("gateway.forwarding")[-1]
-    record = last_request(env)
+    forwarding = (await env.settled_records("gateway.forwarding"))[-1]
+    record = await last_request(env)
     assert forwarding["request_id"] == record["request_id"]
     assert record["decision"] == "allow"
     assert record["agent"]["spiffe_id"] == "spiffe://example.org/agent/analytics"
@@ -135,7 +135,7 @@ async def refused(
         problem = await response.json(content_type=None)
         assert response.headers["Content-Type"].startswith("application/problem+json")
         assert len(env.upstream.seen) == before, "a refused request reached the upstream"
-        return response.status, problem, last_request(env)
+        return response.status, problem, await last_request(env)
 
 
 async def test_revoked_credential_is_refused(env: GatewayEnv) -> None:
@@ -224,7 +224,7 @@ async def test_exhausted_spend_budget_is_refused(env: GatewayEnv) -> None:
             ) as response:
                 assert response.status == 200
                 await response.read()
-            assert last_request(env)["gateway"]["cost_micros"] == 900
+            assert (await last_request(env))["gateway"]["cost_micros"] == 900
         async with session.post(
             f"{env.url}/metered/v1/chat/completions", json=MESSAGE, headers=headers
         ) as response:
@@ -232,7 +232,7 @@ async def test_exhausted_spend_budget_is_refused(env: GatewayEnv) -> None:
             assert int(response.headers["Retry-After"]) > 0
             problem = await response.json(content_type=None)
     assert problem["reasons"] == ["budget_exhausted"]
-    assert last_request(env)["reasons"] == ["budget_exhausted:spend"]
+    assert (await last_request(env))["reasons"] == ["budget_exhausted:spend"]
     assert len(env.upstream.seen) == 2
 
 
@@ -255,7 +255,7 @@ async def test_streamed_response_arrives_incrementally(env: GatewayEnv) -> None:
         env.upstream.release.set()
         rest = await response.read()
     assert rest.rstrip().endswith(b"data: [DONE]")
-    record = last_request(env)
+    record = await last_request(env)
     assert record["gateway"]["usage"] == {"input_tokens": 10, "output_tokens": 20}
 
 
@@ -266,10 +266,10 @@ async def test_key_source_and_upstream_failures(env: GatewayEnv) -> None:
     async with env.session() as session:
         async with session.post(f"{env.url}/nokey/v1/x", json={}, headers=headers) as response:
             assert response.status == 503
-        assert last_request(env)["reasons"] == ["key_unavailable"]
+        assert (await last_request(env))["reasons"] == ["key_unavailable"]
         async with session.post(f"{env.url}/down/v1/x", json={}, headers=headers) as response:
             assert response.status == 502
-        assert last_request(env)["reasons"] == ["upstream_unreachable"]
+        assert (await last_request(env))["reasons"] == ["upstream_unreachable"]
 
 
 def _payload(token: str) -> str:
@@ -295,10 +295,10 @@ async def test_upstream_timeout_and_body_limit(tmp_path: Path, bao: IssuerVault)
         async with env.session() as session:
             async with session.get(f"{env.url}/llm/v1/models/slow", headers=headers) as response:
                 assert response.status == 504
-            assert last_request(env)["reasons"] == ["upstream_timeout"]
+            assert (await last_request(env))["reasons"] == ["upstream_timeout"]
             big = {**MESSAGE, "padding": "x" * 4096}
             before = len(upstream.seen)
             async with session.post(f"{env.url}{CHAT}", json=big, headers=headers) as response:
                 assert response.status == 413
             assert len(upstream.seen) == before
-            assert last_request(env)["reasons"] == ["payload_too_large"]
+            assert (await last_request(env))["reasons"] == ["payload_too_large"]

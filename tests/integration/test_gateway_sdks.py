@@ -64,7 +64,7 @@ async def test_openai_sdk_through_the_gateway(env: GatewayEnv) -> None:
                 model="o9-unlisted", messages=[{"role": "user", "content": "hi"}]
             )
     assert env.upstream.seen[-1]["Authorization"] == f"Bearer {env.upstream.key}"
-    records = env.records("gateway.request")
+    records = await env.settled_records("gateway.request")
     assert [r["gateway"]["status"] for r in records] == [200, 200, 403]
     assert records[1]["gateway"]["usage"] == {"input_tokens": 10, "output_tokens": 20}
 
@@ -91,6 +91,6 @@ async def test_anthropic_sdk_through_the_gateway(env: GatewayEnv) -> None:
     seen = env.upstream.seen[-1]
     assert seen["x-api-key"] == env.upstream.key
     assert all(token not in value for value in seen.values())
-    records = env.records("gateway.request")
+    records = await env.settled_records("gateway.request")
     assert [r["gateway"]["status"] for r in records] == [200, 200]
     assert records[1]["gateway"]["usage"] == {"input_tokens": 10, "output_tokens": 20}

@@ -15,7 +15,8 @@ import yaml
 from broker.clock import SystemClock
 from broker.config.settings import load_settings
 from broker.dev.trust_domain import init_trust_domain
-from broker.gateway.server import start_gateway
+from broker.gateway.proxy import Gateway
+from broker.gateway.server import GATEWAY, start_gateway
 from tests.support import leaks
 from tests.support.broker import in_process_broker
 from tests.support.devbroker import DevBroker
@@ -30,6 +31,12 @@ class GatewayEnv:
     broker: DevBroker
     url: str
     upstream: Upstream
+    gateway: Gateway
+
+    async def settled_records(self, event: str | None = None) -> list[dict[str, Any]]:
+        """The audit records, once the background `gateway.request` writes are done."""
+        await self.gateway.settled()
+        return self.records(event)
 
     async def credential(self, agent: str = "analytics", tool: str = "analytics_api") -> str:
         """A fresh broker credential for `agent` (over mTLS, so bound by `cnf`)."""
@@ -117,6 +124,6 @@ async def gateway_broker(
     async with in_process_broker(settings) as running:
         runner, _site, url = await start_gateway(settings.gateway, running.runtime)
         try:
-            yield GatewayEnv(DevBroker(td, running, settings), url, upstream)
+            yield GatewayEnv(DevBroker(td, running, settings), url, upstream, runner.app[GATEWAY])
         finally:
             await runner.cleanup()
