@@ -6,6 +6,7 @@ OpenBao (KV v2) or a file; agents use the development trust domain's SVIDs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -257,6 +258,28 @@ async def test_streamed_response_arrives_incrementally(env: GatewayEnv) -> None:
     assert rest.rstrip().endswith(b"data: [DONE]")
     record = await last_request(env)
     assert record["gateway"]["usage"] == {"input_tokens": 10, "output_tokens": 20}
+
+
+async def test_request_body_streams_upstream(env: GatewayEnv) -> None:
+    """A chunked upload reaches the upstream before the agent has sent all of it."""
+    token = await env.credential()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        await asyncio.wait_for(env.upstream.got_first.wait(), 5)  # buffering would hang here
+        yield b"y" * 1000
+
+    async with (
+        env.session() as session,
+        session.post(
+            f"{env.url}/claude/v1/messages/upload",
+            data=body(),
+            headers={"x-api-key": token},
+        ) as response,
+    ):
+        assert response.status == 200
+        assert (await response.json()) == {"bytes": 2000}
+    assert (await last_request(env))["gateway"]["bytes_in"] == 2000
 
 
 async def test_key_source_and_upstream_failures(env: GatewayEnv) -> None:

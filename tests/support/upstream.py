@@ -30,6 +30,7 @@ class Upstream:
     release: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     hold: bool = False  # streamed responses wait for `release` after the first event
+    got_first: asyncio.Event = field(default_factory=asyncio.Event)  # an upload's first bytes
 
 
 def _authorized(upstream: Upstream, request: web.Request) -> bool:
@@ -134,6 +135,11 @@ def upstream_app(upstream: Upstream) -> web.Application:
             return web.json_response({"error": {"message": "invalid api key"}}, status=401)
         if request.path.endswith("/slow"):
             await asyncio.sleep(3)
+        if request.path.endswith("/upload"):
+            first = await request.content.readany()
+            upstream.got_first.set()
+            rest = await request.read()
+            return web.json_response({"bytes": len(first) + len(rest)})
         if request.method == "GET":
             return web.json_response({"object": "list", "data": [{"id": "gpt-4o-mini"}]})
         body = await request.json()
