@@ -15,6 +15,7 @@ import yaml
 
 from broker.clock import SystemClock
 from broker.dev.trust_domain import DevTrustDomain, init_trust_domain
+from broker.state.sqlite import SqliteStateStore
 from tests.support import leaks
 from tests.support.broker import BrokerProcess, free_port
 from tests.support.devbroker import Agent
@@ -154,6 +155,11 @@ async def test_gateway_on_two_workers_refuses_a_revocation_on_both(
             },
         }
         td.config.write_text(yaml.safe_dump(data))
+        # The state file exists before the workers start: two processes creating a fresh
+        # SQLite file at once can collide ("database is locked"; a separate start-up race).
+        store = SqliteStateStore(td.root / "state.db", SystemClock())
+        await store.start()
+        await store.close()
         process = BrokerProcess(
             ["serve", "--config", str(td.config), "--workers", "2"], cwd=tmp_path
         )
