@@ -215,6 +215,7 @@ def broker_config(
     policy: Path,
     durable_audit: bool = True,
     fill_tools: list[str] | None = None,
+    gateway: dict[str, Any] | None = None,
 ) -> tuple[Path, Path | None]:
     """A copy of the generated config.yaml for one broker run.
 
@@ -241,6 +242,8 @@ def broker_config(
         tool = dict(data["tools"]["analytics_api"])
         tool["audience"] = f"https://{name.replace('_', '-')}.{TRUST_DOMAIN}"
         data["tools"][name] = tool
+    if gateway is not None:
+        data["gateway"] = gateway
     config = domain.root / f"config-{out_dir.name}.yaml"
     config.write_text(yaml.dump(data, Dumper=_DUMPER, sort_keys=False))
     return config, audit_path

@@ -85,6 +85,7 @@ class Bench:
         durable_audit: bool = True,
         fill_tools: list[str] | None = None,
         ready_timeout: float = 60.0,
+        gateway: dict[str, Any] | None = None,
     ) -> Iterator[RunningBroker]:
         """`broker serve --config COPY [--workers N]` on a free port, ready, then stopped.
 
@@ -95,6 +96,7 @@ class Bench:
             durable_audit: False sends the audit to /dev/null without fsync.
             fill_tools: Extra tools for the RSS row's fill (cloned from analytics_api).
             ready_timeout: Seconds to wait for /readyz (a big policy loads slowly).
+            gateway: A `gateway:` section to add (the gateway row).
 
         Yields:
             The running broker.
@@ -109,6 +111,7 @@ class Bench:
             policy=policy or self.policy,
             durable_audit=durable_audit,
             fill_tools=fill_tools,
+            gateway=gateway,
         )
         argv = [procs.tool("broker"), "serve", "--config", str(config)]
         if workers is not None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from broker.audit.events import AuditEvent
     from broker.authn.authenticator import Presented
-    from broker.domain import Caller, Credential, Decision, LimitCheck, RequestContext
+    from broker.domain import Caller, Credential, Decision, LimitCheck, RequestContext, Secret
     from broker.identity.material import IdentitySnapshot, PublicKey
     from broker.issuers.base import IssueRequest
     from broker.state.base import ApprovalRecord, CredentialRecord, LimitResult
@@ -31,6 +31,7 @@ __all__ = [
     "IdentitySource",
     "Issuer",
     "KeySet",
+    "KeySource",
     "PolicyDecider",
     "SnapshotListener",
     "StateStore",
@@ -393,5 +394,25 @@ class AuditSink(Protocol):
 
         Raises:
             Unavailable: It could not be written in time; the caller must not issue.
+        """
+        ...
+
+
+class KeySource(Protocol):
+    """Where the gateway reads an upstream's real key (Vault/OpenBao KV, a file)."""
+
+    async def start(self) -> None:
+        """Prepare the source (an unreachable backend only fails the first `key`)."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the source holds."""
+        ...
+
+    async def key(self) -> Secret:
+        """The current key, possibly cached for the source's bounded TTL.
+
+        Raises:
+            Unavailable: The key cannot be read now (nothing is forwarded).
         """
         ...

@@ -25,6 +25,7 @@ __all__ = [
     "credential_revoked",
     "denied",
     "failed",
+    "gateway_request",
     "issued",
     "policy_loaded",
     "revoke_refused",
@@ -107,6 +108,7 @@ class AuditEvent:
     reason: str | None = None
     trace_id: str | None = None
     target: dict[str, object] = field(default_factory=dict)
+    gateway: dict[str, object] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, object]:
         """The JSON object of the record (without chain fields).
@@ -139,26 +141,24 @@ class AuditEvent:
         }
         if self.user is not None:
             record["user"] = {"iss": self.user.issuer, "sub": self.user.subject}
-        if self.messages:
-            record["messages"] = list(self.messages)
-        if self.rules:
-            record["rules"] = list(self.rules)
-        if self.shadow:
-            record["shadow"] = list(self.shadow)
+        optional: dict[str, object] = {
+            "messages": list(self.messages),
+            "rules": list(self.rules),
+            "shadow": list(self.shadow),
+            "session_id": self.session_id,
+            "reason": self.reason,
+            "trace_id": self.trace_id,
+            "target": self.target,
+            "gateway": self.gateway,
+        }
+        # Optional members appear only when they say something (None, [] and {} stay out).
+        record.update((k, v) for k, v in optional.items() if v not in (None, [], {}))
         if self.would_deny:
             record["would_deny"] = {
                 "reasons": list(dict.fromkeys(d.reason for d in self.would_deny)),
                 "rules": list(dict.fromkeys(d.rule_id for d in self.would_deny)),
                 "tools": list(dict.fromkeys(d.tool for d in self.would_deny)),
             }
-        if self.session_id is not None:
-            record["session_id"] = self.session_id
-        if self.reason is not None:
-            record["reason"] = self.reason
-        if self.trace_id is not None:
-            record["trace_id"] = self.trace_id
-        if self.target:
-            record["target"] = self.target
         return record
 
 
@@ -399,4 +399,39 @@ def approval_expired(*, approval: ApprovalRecord, ts: datetime) -> AuditEvent:
         decision="deny",
         reasons=("approval_expired",),
         target={"approval_id": approval.approval_id},
+    )
+
+
+def gateway_request(
+    *,
+    event: str,
+    ts: datetime,
+    request_id: str,
+    remote: str | None,
+    agent: str | None,
+    user: UserRef | None,
+    delegation_chain: tuple[str, ...],
+    tool: str | None,
+    decision: str,
+    reasons: tuple[str, ...],
+    details: dict[str, object],
+) -> AuditEvent:
+    """`gateway.forwarding` (durable before a request is forwarded) or `gateway.request`.
+
+    `details` carries the route, method, path (never the query), status, bytes, latency,
+    model, usage and cost: integers and strings only, never a key, a token or a body.
+    """
+    return AuditEvent(
+        event=event,
+        ts=ts,
+        request_id=request_id,
+        remote=remote,
+        agent=AgentRef(agent) if agent else None,
+        decision_id=request_id,
+        user=user,
+        delegation_chain=delegation_chain,
+        tools=(tool,) if tool else (),
+        decision=decision,
+        reasons=reasons,
+        gateway=details,
     )

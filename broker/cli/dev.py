@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.clock import SystemClock
-from broker.config.settings import load_settings
+from broker.config.settings import Settings, load_settings
 from broker.dev.trust_domain import (
     DEMO_AGENTS,
     DevTrustDomain,
@@ -21,10 +21,12 @@ from broker.dev.trust_domain import (
     mint_user_token,
     open_trust_domain,
 )
+from broker.dev.upstream import DEMO_MODEL, demo_key_file, start_demo_upstream
 from broker.errors import ConfigError
+from broker.gateway.config import GatewaySettings, KeySourceSettings, RouteSettings, TokenHeader
 from broker.logging import configure_logging
 
-__all__ = ["add_commands", "demo_command"]
+__all__ = ["add_commands", "demo_command", "gateway_command"]
 
 DEFAULT_DIR = Path(".broker-dev")
 DEMO_TOKEN_TTL = 12 * 3600
@@ -41,6 +43,9 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     dev.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="default: .broker-dev")
     dev.add_argument("--port", type=_port, default=8443, help="default: 8443")
     dev.add_argument("--trust-domain", default=None, help="default: example.org")
+    dev.add_argument(
+        "--gateway-port", type=_port, default=None, help="the gateway's port, default: --port + 1"
+    )
     dev.set_defaults(run=_dev)
     sub = dev.add_subparsers(dest="dev_command", parser_class=type(dev))
 
@@ -106,9 +111,35 @@ def _relative(path: Path) -> Path:
         return path.resolve()
 
 
-def _dev(args: argparse.Namespace) -> int:
-    from broker.web.server import serve  # noqa: PLC0415 - keeps `broker --help` fast
+def gateway_command(td: DevTrustDomain, broker_url: str, gateway_url: str) -> str:
+    """One copy-pasteable command: `analytics` gets a credential and calls the demo upstream.
 
+    The first curl fetches a fresh broker credential (mTLS); the second calls the demo
+    upstream through the gateway with it. The upstream's key never leaves the broker.
+    """
+    agent = _relative(td.agent_dir("analytics"))
+    tls = (
+        f"--cacert {shlex.quote(str(_relative(td.root) / 'ca/bundle.pem'))} "
+        f"--cert {shlex.quote(str(agent / 'svid.pem'))} "
+        f"--key {shlex.quote(str(agent / 'key.pem'))}"
+    )
+    fetch = (
+        f"curl -s {tls} -H 'Content-Type: application/json' "
+        f'-d \'{{"tools": ["analytics_api"]}}\' {broker_url}/v1/credentials'
+    )
+    extract = (
+        'python3 -c \'import json,sys;print(json.load(sys.stdin)["credentials"][0]["token"])\''
+    )
+    chat = json.dumps({"model": DEMO_MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    return (
+        f"TOKEN=$({fetch} | {extract}) && "
+        f'curl -s {tls} -H "Authorization: Bearer $TOKEN" '
+        f"-H 'Content-Type: application/json' -d {shlex.quote(chat)} "
+        f"{gateway_url}/demo/v1/chat/completions"
+    )
+
+
+def _dev(args: argparse.Namespace) -> int:
     clock = SystemClock()
     td, _created = init_trust_domain(args.dir, args.trust_domain, clock)
     settings = load_settings(td.config)
@@ -116,6 +147,25 @@ def _dev(args: argparse.Namespace) -> int:
         settings, listen=dataclasses.replace(settings.listen, port=args.port)
     )
     configure_logging(settings.log_level)
+    key_file = demo_key_file(td.root)
+    asyncio.run(_serve_dev(td, settings, args, key_file, key_file.read_text().strip()))
+    return 0
+
+
+async def _serve_dev(
+    td: DevTrustDomain, settings: Settings, args: argparse.Namespace, key_file: Path, key: str
+) -> None:
+    from broker.web.server import serve  # noqa: PLC0415 - keeps `broker --help` fast
+
+    clock = SystemClock()
+    upstream, upstream_url = await start_demo_upstream(key)
+    gateway_port = args.gateway_port
+    if gateway_port is None:
+        gateway_port = args.port + 1 if args.port else 0
+    settings = dataclasses.replace(
+        settings, gateway=demo_gateway(settings, upstream_url, key_file, gateway_port)
+    )
+    gateway_urls: list[str] = []
 
     def announce(url: str) -> None:
         token = mint_user_token(
@@ -129,9 +179,37 @@ def _dev(args: argparse.Namespace) -> int:
             f"  {demo_command(td, url, token)}\n",
             flush=True,
         )
+        for gateway_url in gateway_urls:
+            print(  # noqa: T201
+                f"gateway {gateway_url}: route 'demo' -> the demo upstream at {upstream_url}, "
+                "whose key only the broker holds. Call it as the agent 'analytics' with a "
+                "fresh credential:\n\n"
+                f"  {gateway_command(td, url, gateway_url)}\n",
+                flush=True,
+            )
 
-    asyncio.run(serve(settings, on_listening=announce, clock=clock))
-    return 0
+    try:
+        await serve(settings, on_listening=announce, clock=clock, on_gateway=gateway_urls.append)
+    finally:
+        await upstream.cleanup()
+
+
+def demo_gateway(
+    settings: Settings, upstream_url: str, key_file: Path, port: int
+) -> GatewaySettings:
+    """The dev gateway: one route, `demo`, to the demo upstream, for `analytics_api`."""
+    del settings
+    route = RouteSettings(
+        name="demo",
+        tool="analytics_api",
+        upstream=upstream_url,
+        key_header=TokenHeader.AUTHORIZATION,
+        key_source=KeySourceSettings("file", str(key_file)),
+        methods=frozenset({"GET", "POST"}),
+        path_prefixes=("/v1/",),
+        models=frozenset({DEMO_MODEL}),
+    )
+    return GatewaySettings(host="127.0.0.1", port=port, routes={"demo": route})
 
 
 def _user_token(args: argparse.Namespace) -> int:

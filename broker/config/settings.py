@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from broker.audit.config import AuditSettings, parse_audit
@@ -18,6 +18,7 @@ from broker.authn.config import AuthnSettings, parse_authentication
 from broker.config.reader import Reader, load_yaml_mapping
 from broker.constants import TOOL_NAME_PATTERN
 from broker.context.config import UserTokenIssuer, parse_user_token_issuers
+from broker.gateway.config import GatewaySettings, parse_gateway
 from broker.governance.config import ApprovalSettings, parse_approvals
 from broker.identity.config import IdentitySettings, parse_identity
 from broker.issuers import ISSUERS
@@ -128,6 +129,7 @@ class Settings:
     metrics: MetricsSettings | None = None
     workers: int = 1  # processes serving this configuration (`broker serve --workers`)
     tracing: TracingSettings | None = None
+    gateway: GatewaySettings | None = None
 
     def tool(self, name: str) -> ToolSettings | None:
         """A tool by name."""
@@ -193,6 +195,15 @@ def load_settings(path: Path) -> Settings:
         metrics=_metrics(root.section("metrics")) if root.has("metrics") else None,
         tracing=parse_tracing(root.section("tracing")) if root.has("tracing") else None,
     )
+    if root.has("gateway"):
+        gateway = parse_gateway(
+            root.section("gateway"), {t.name: t.audience for t in settings.tools}
+        )
+        if any(r.key_source.kind == "vault" for r in gateway.routes.values()) and (
+            "vault" not in issuers
+        ):
+            raise root.error("vault", "is required when a gateway route reads its key from Vault")
+        settings = replace(settings, gateway=gateway)
     root.finish()
     if settings.metrics is not None and settings.metrics.port == settings.listen.port != 0:
         raise root.error("metrics.port", "must differ from listen.port")

@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 
 from broker.config.settings import MetricsSettings, Settings
+from broker.gateway.server import start_gateway
 from broker.runtime import Runtime
 from broker.typing import Clock
 from broker.web.app import create_app
@@ -52,6 +53,7 @@ async def serve(
     on_listening: Callable[[str], None] | None = None,
     clock: Clock | None = None,
     stop: asyncio.Event | None = None,
+    on_gateway: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until a termination signal (or `stop`) arrives, then drain and close.
 
@@ -61,6 +63,7 @@ async def serve(
         clock: Injected clock (tests).
         stop: An event that ends serving (tests); signals do too. Setting it drains
             like SIGTERM, delay included.
+        on_gateway: Called with the gateway's base URL once it accepts connections.
 
     Raises:
         IdentityError: No identity material at start-up.
@@ -86,7 +89,9 @@ async def serve(
         app, handle_signals=False, access_log=None, shutdown_timeout=STRAGGLER_SECONDS
     )
     await runner.setup()
-    metrics_runner: web.AppRunner | None = None
+    # The metrics and gateway listeners: closed before the runtime they share.
+    side_runners: list[web.AppRunner] = []
+    side_sites: list[web.TCPSite] = []
     try:
         runtime = app[RUNTIME]
         site = web.TCPSite(
@@ -100,7 +105,14 @@ async def serve(
         )
         await site.start()
         if settings.metrics is not None:
-            metrics_runner = await _start_metrics_listener(settings.metrics, runtime)
+            side_runners.append(await _start_metrics_listener(settings.metrics, runtime))
+        if settings.gateway is not None:
+            gateway_runner, gateway_site, gateway_url = await start_gateway(
+                settings.gateway, runtime, [in_flight.middleware], reuse_port=settings.workers > 1
+            )
+            side_runners.append(gateway_runner)
+            side_sites.append(gateway_site)
+            (on_gateway or _ignore)(gateway_url)
         host, port = _bound_address(runner, settings.listen.host, settings.listen.port)
         url = f"https://{host}:{port}"
         log.info("listening", url=url, spiffe_id=settings.spiffe_id)
@@ -108,16 +120,22 @@ async def serve(
             on_listening(url)
         await _until_drained(settings, runtime, draining, stop or asyncio.Event())
         await site.stop()  # new connections are refused from here on
+        for side in side_sites:
+            await side.stop()
         log.info("listener closed", requests_in_flight=in_flight.count)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(in_flight.idle.wait(), settings.listen.shutdown_timeout_seconds)
         if in_flight.count:
             log.warning("shutdown timeout: cancelling requests", requests=in_flight.count)
     finally:
-        if metrics_runner is not None:
-            await metrics_runner.cleanup()
+        for side_runner in side_runners:
+            await side_runner.cleanup()
         await runner.cleanup()  # idle connections, then the runtime (final audit checkpoint)
         log.info("stopped")
+
+
+def _ignore(_url: str) -> None:
+    pass
 
 
 class _InFlight:

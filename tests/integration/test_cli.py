@@ -240,3 +240,35 @@ def test_sighup_reloads_the_policy_and_a_bad_file_is_kept_out(tmp_path: Path) ->
         time.sleep(1)
         assert 'version="2+sha256:' in policy_info()
     assert "policy reload rejected" in proc.stderr
+
+
+def test_broker_dev_gateway_command_calls_the_demo_upstream(tmp_path: Path) -> None:
+    """`broker dev` prints a command that calls its demo upstream through the gateway, as is."""
+    if not shutil.which("curl") or not shutil.which("bash"):
+        pytest.skip("curl and bash run the printed command")
+    port, gateway_port = free_port(), free_port()
+    args = ["dev", "--dir", "d", "--port", str(port), "--gateway-port", str(gateway_port)]
+    with broker_process(args, cwd=tmp_path) as proc:
+        proc.wait_ready(f"https://127.0.0.1:{port}", tmp_path / "d" / "ca" / "bundle.pem")
+        commands = [
+            line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("TOKEN=")
+        ]
+        assert len(commands) == 1, proc.stdout
+        assert f"https://127.0.0.1:{gateway_port}/demo/" in commands[0]
+        out = subprocess.run(
+            ["bash", "-c", commands[0]],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        answer = json.loads(out.stdout)
+        assert "demo upstream" in answer["choices"][0]["message"]["content"]
+        key = (tmp_path / "d" / "gateway" / "upstream.key").read_text().strip()
+        assert key not in proc.stdout
+        assert key not in out.stdout
+        assert key not in commands[0]
+    records = [json.loads(line) for line in (tmp_path / "d" / "audit.log").read_text().splitlines()]
+    assert [r["gateway"]["status"] for r in records if r["event"] == "gateway.request"] == [200]

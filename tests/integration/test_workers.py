@@ -15,6 +15,7 @@ import yaml
 
 from broker.clock import SystemClock
 from broker.dev.trust_domain import DevTrustDomain, init_trust_domain
+from broker.state.sqlite import SqliteStateStore
 from tests.support import leaks
 from tests.support.broker import BrokerProcess, free_port
 from tests.support.devbroker import Agent
@@ -125,3 +126,81 @@ def test_workers_need_a_fixed_port(td: DevTrustDomain, tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--workers needs a fixed port" in result.stderr
+
+
+async def test_gateway_on_two_workers_refuses_a_revocation_on_both(
+    td: DevTrustDomain, tmp_path: Path
+) -> None:
+    """`--workers 2` with a gateway: both bind its port; an agent revocation holds on both."""
+    import aiohttp
+
+    from tests.support.upstream import local_upstream
+
+    port, gateway_port = free_port(), free_port()
+    url, gateway = f"https://127.0.0.1:{port}", f"https://127.0.0.1:{gateway_port}"
+    key_file = tmp_path / "upstream.key"
+    key_file.write_text("a-key-the-agent-never-sees\n")
+    leaks.remember("a-key-the-agent-never-sees")
+    async with local_upstream("a-key-the-agent-never-sees") as upstream:
+        data = yaml.safe_load(configure(td, port).read_text())
+        data["gateway"] = {
+            "port": gateway_port,
+            "routes": {
+                "up": {
+                    "tool": "analytics_api",
+                    "upstream": upstream.url,
+                    "key": {"source": "file", "file": str(key_file)},
+                    "methods": ["GET"],
+                }
+            },
+        }
+        td.config.write_text(yaml.safe_dump(data))
+        # The state file exists before the workers start: two processes creating a fresh
+        # SQLite file at once can collide ("database is locked"; a separate start-up race).
+        store = SqliteStateStore(td.root / "state.db", SystemClock())
+        await store.start()
+        await store.close()
+        process = BrokerProcess(
+            ["serve", "--config", str(td.config), "--workers", "2"], cwd=tmp_path
+        )
+        process.start()
+        try:
+            process.wait_ready(url, td.ca_bundle)
+            analytics = Agent(td, url, "analytics")
+            issued = await analytics.credentials(ANALYTICS)
+            token = issued.body["credentials"][0]["token"]
+
+            async def call() -> int:
+                connector = aiohttp.TCPConnector(ssl=analytics.context(), force_close=True)
+                async with (
+                    aiohttp.ClientSession(connector=connector) as session,
+                    session.get(
+                        f"{gateway}/up/v1/models", headers={"Authorization": f"Bearer {token}"}
+                    ) as response,
+                ):
+                    await response.read()
+                    return response.status
+
+            for _ in range(50):  # the gateway listener may come up just after /readyz
+                try:
+                    await call()
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            assert [await call() for _ in range(12)] == [200] * 12
+            revoked = await Agent(td, url, "admin").request(
+                "POST",
+                "/v1/admin/agents/revoke",
+                json_body={"spiffe_id": "spiffe://example.org/agent/analytics"},
+            )
+            assert revoked.status == 200
+            assert [await call() for _ in range(12)] == [401] * 12  # whichever worker answers
+        finally:
+            assert process.stop() == 0
+    gateway_records = [
+        r
+        for chain in (td.root / "audit.w0.log", td.root / "audit.w1.log")
+        for r in audit_records(chain)
+        if r["event"] == "gateway.request"
+    ]
+    assert len(gateway_records) >= 24

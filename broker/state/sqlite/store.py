@@ -54,6 +54,7 @@ T = TypeVar("T")
 PURGE_INTERVAL_SECONDS = 60.0
 CHECKPOINT_INTERVAL_SECONDS = 1.0
 BUSY_RETRY_SECONDS = 0.001
+PREPARE_ATTEMPTS = 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS credentials (
@@ -314,7 +315,7 @@ class SqliteStateStore:
                 db.close()
 
         try:
-            await asyncio.to_thread(prepare)
+            await self._prepare_with_retries(prepare)
             # The loop's connection never waits for a lock (see `_flush`) and never
             # checkpoints: that fsyncs, so `_checkpoint_loop` does it on a thread.
             self._db = self._connect(busy_timeout_ms=0)
@@ -338,6 +339,24 @@ class SqliteStateStore:
         if self._db is not None:
             db, self._db = self._db, None
             db.close()
+
+    async def _prepare_with_retries(self, prepare: Callable[[], None]) -> None:
+        """Prepare the file; a sibling process (`--workers`) preparing it too is waited for.
+
+        Switching to WAL and creating the schema take locks that SQLite does not always
+        wait for (its busy handler is skipped where waiting could deadlock), so two
+        workers starting on a new file can see "database is locked": try again a few
+        times, briefly.
+        """
+        for attempt in range(PREPARE_ATTEMPTS):
+            try:
+                await asyncio.to_thread(prepare)
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc) or attempt == PREPARE_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
+            else:
+                return
 
     async def _checkpoint_loop(self) -> None:
         def checkpoint() -> None:
