@@ -221,13 +221,30 @@ class VaultServer:
         return env
 
     def pause(self) -> None:
-        """Freeze the server (an outage: connections hang until it resumes)."""
+        """Freeze the server (an outage: connections hang until it resumes).
+
+        `kill` returns before every thread of the target has stopped (a thread running on
+        another core stops at its next kernel entry): wait until all of them have, or a
+        request sent at once could still be answered.
+        """
         assert self.pid is not None, "cannot pause an external Vault"
         os.kill(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _all_threads_stopped(self.pid):
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self.pid is not None
         os.kill(self.pid, signal.SIGCONT)
+
+
+def _all_threads_stopped(pid: int) -> bool:
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks]
+    except (OSError, IndexError):
+        return True  # gone, or not Linux: nothing more to wait for
+    return all(state in {"T", "t"} for state in states)
 
 
 @contextmanager
