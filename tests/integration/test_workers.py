@@ -56,6 +56,7 @@ async def test_two_workers_share_the_port_state_and_keys(
         for _ in range(24):  # a new connection each: SO_REUSEPORT spreads them
             assert (await analytics.credentials(ANALYTICS)).status == 201
         chains = [td.root / "audit.w0.log", td.root / "audit.w1.log"]
+        assert all(p.exists() for p in chains), process.stderr[-3000:]
         issued = [
             [r for r in audit_records(p) if r["event"] == "credential.issued"] for p in chains
         ]
