@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"  10,000 agents  {cost[10_000]:8.1f} us   ({cost[10_000] / cost[10]:.2f}x the baseline)"
     )
-    print(f"JWT mint (ES256 by default, contract claims), median of 5 x {int(5_000 * scale):,} calls")
+    print(f"JWT mint (ES256 by default), median of 5 x {int(5_000 * scale):,} calls")
     print(f"  jwt.encode     {bare:8.1f} us   (baseline: the library alone)")
     print(f"  broker mint    {ours:8.1f} us   (+{ours - bare:.1f} us: claims, jti, credential)")
 
