@@ -33,8 +33,7 @@ from broker.domain import Decision, Limit, RequestContext, ShadowDenial, ToolGra
 from broker.errors import ConfigError
 from broker.policy.config import PolicySettings
 from broker.policy.engine import PolicyEngine, grant_ttl
-from broker.policy.reloader import NO_POLICY, LoadListener, PolicyVersion
-from broker.tasks import stop_task
+from broker.policy.reloader import NO_POLICY, FollowsFiles, LoadListener, PolicyVersion
 from broker.typing import Clock
 
 __all__ = ["RegoPolicy", "RegoProgram", "compile_rego", "input_document"]
@@ -225,7 +224,7 @@ def _would_deny(value: object) -> tuple[ShadowDenial, ...]:
     )
 
 
-class RegoPolicy:
+class RegoPolicy(FollowsFiles):
     """A `PolicyDecider`: an embedded Rego policy, compiled once per load, following its files."""
 
     def __init__(
@@ -248,6 +247,7 @@ class RegoPolicy:
         self._input = Input
         self._interpreter = Interpreter()
         self._program = compile_rego(settings)
+        self._watch_seconds = settings.watch_seconds
         self._stamp = self._stat()
         self._task: asyncio.Task[None] | None = None
         self._reloads: set[asyncio.Task[None]] = set()
@@ -439,45 +439,6 @@ class RegoPolicy:
         self._program = program
         log.info("rego policy reloaded", policy_id=program.id, version=program.version)
         return True
-
-    async def subscribe(self, listener: LoadListener) -> None:
-        """Call `listener` now with the running policy, then after each reload."""
-        self._listeners.append(listener)
-        await listener(self._loaded())
-
-    async def reload_async(self) -> bool:
-        """`reload` off the event loop, then tell the listeners about a new policy."""
-        changed = await asyncio.to_thread(self.reload)
-        if changed:
-            for listener in self._listeners:
-                await listener(self._loaded())
-        return changed
-
-    async def _reload_task(self) -> None:
-        await self.reload_async()
-
-    def schedule_reload(self) -> None:
-        """Reload soon (the SIGHUP handler)."""
-        task = asyncio.get_running_loop().create_task(self._reload_task())
-        self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
-
-    async def start(self) -> None:
-        """Watch the files for changes."""
-        self._task = asyncio.create_task(self._watch(), name="policy-watch")
-
-    async def _watch(self) -> None:
-        while True:
-            await self._clock.sleep(self._settings.watch_seconds)
-            if self._stat() != self._stamp:
-                await self.reload_async()
-
-    async def close(self) -> None:
-        """Stop watching."""
-        await stop_task(self._task)
-        self._task = None
-        for task in list(self._reloads):
-            await stop_task(task)
 
 
 def _earliest(*values: float | None) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from broker.policy.model import Policy
 from broker.tasks import stop_task
 from broker.typing import Clock
 
-__all__ = ["NO_POLICY", "LoadListener", "PolicyVersion", "ReloadingPolicy"]
+__all__ = ["NO_POLICY", "FollowsFiles", "LoadListener", "PolicyVersion", "ReloadingPolicy"]
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +53,77 @@ LoadListener = Callable[[PolicyVersion], Awaitable[None]]
 NO_POLICY = Policy(id="none", declared_version="0", content_hash="0" * 64, rules=())
 
 
-class ReloadingPolicy:
+class FollowsFiles(ABC):
+    """What every file-backed `PolicyDecider` shares: watching, reloading, notifying.
+
+    A subclass sets `_clock`, `_watch_seconds`, `_stamp` (from `_stat()`), `_task`,
+    `_reloads` and `_listeners`, and implements `reload`, `_loaded` and `_stat`.
+    """
+
+    _clock: Clock
+    _watch_seconds: float
+    _stamp: object
+    _task: asyncio.Task[None] | None
+    _reloads: set[asyncio.Task[None]]
+    _listeners: list[LoadListener]
+
+    @abstractmethod
+    def reload(self) -> bool:
+        """Load the files again (blocking); whether a new policy is now running."""
+
+    @abstractmethod
+    def _loaded(self) -> PolicyVersion:
+        """The running policy's version and content."""
+
+    @abstractmethod
+    def _stat(self) -> object:
+        """What changes when the files change (modification times and sizes)."""
+
+    def _watching(self) -> bool:
+        return True
+
+    async def subscribe(self, listener: LoadListener) -> None:
+        """Call `listener` now with the running policy's version, then after each reload."""
+        self._listeners.append(listener)
+        await listener(self._loaded())
+
+    async def reload_async(self) -> bool:
+        """`reload` off the event loop, then tell the listeners about a new policy."""
+        changed = await asyncio.to_thread(self.reload)
+        if changed:
+            for listener in self._listeners:
+                await listener(self._loaded())
+        return changed
+
+    async def _reload_task(self) -> None:
+        await self.reload_async()
+
+    def schedule_reload(self) -> None:
+        """Reload soon (the SIGHUP handler: a plain callback on the event loop)."""
+        task = asyncio.get_running_loop().create_task(self._reload_task())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def start(self) -> None:
+        """Watch the files for changes."""
+        if self._watching():
+            self._task = asyncio.create_task(self._watch(), name="policy-watch")
+
+    async def _watch(self) -> None:
+        while True:
+            await self._clock.sleep(self._watch_seconds)
+            if self._stat() != self._stamp:
+                await self.reload_async()
+
+    async def close(self) -> None:
+        """Stop watching."""
+        await stop_task(self._task)
+        self._task = None
+        for task in list(self._reloads):
+            await stop_task(task)
+
+
+class ReloadingPolicy(FollowsFiles):
     """A `PolicyDecider`: the rule engine over the policy file, following the file."""
 
     def __init__(
@@ -132,31 +203,9 @@ class ReloadingPolicy:
         # Changed since it was parsed: the watcher loads the newer file on its next tick.
         return raw if hashlib.sha256(raw).hexdigest() == policy.content_hash else None
 
-    async def subscribe(self, listener: LoadListener) -> None:
-        """Call `listener` now with the running policy's version, then after each reload."""
-        self._listeners.append(listener)
-        await listener(self._loaded())
-
     def _loaded(self) -> PolicyVersion:
         policy = self.policy
         return PolicyVersion(policy.id, policy.version, policy.content_hash, self.raw)
-
-    async def reload_async(self) -> bool:
-        """`reload` off the event loop, then tell the listeners about a new policy."""
-        changed = await asyncio.to_thread(self.reload)
-        if changed:
-            for listener in self._listeners:
-                await listener(self._loaded())
-        return changed
-
-    async def _reload_task(self) -> None:
-        await self.reload_async()
-
-    def schedule_reload(self) -> None:
-        """Reload soon (the SIGHUP handler: a plain callback on the event loop)."""
-        task = asyncio.get_running_loop().create_task(self._reload_task())
-        self._reloads.add(task)
-        task.add_done_callback(self._reloads.discard)
 
     def reload(self) -> bool:
         """Load the file again; keep the running policy if it is invalid.
@@ -185,21 +234,5 @@ class ReloadingPolicy:
         log.info("policy reloaded", policy_id=policy.id, version=policy.version)
         return True
 
-    async def start(self) -> None:
-        """Watch the file for changes."""
-        if self._path is None:
-            return
-        self._task = asyncio.create_task(self._watch(), name="policy-watch")
-
-    async def _watch(self) -> None:
-        while True:
-            await self._clock.sleep(self._watch_seconds)
-            if self._stat() != self._stamp:
-                await self.reload_async()
-
-    async def close(self) -> None:
-        """Stop watching."""
-        await stop_task(self._task)
-        self._task = None
-        for task in list(self._reloads):
-            await stop_task(task)
+    def _watching(self) -> bool:
+        return self._path is not None
