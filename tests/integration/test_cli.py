@@ -106,7 +106,8 @@ def _whoami(url: str, root: Path, agent: str) -> dict[str, object]:
 def test_broker_dev_serves_mtls_and_prints_a_working_command(tmp_path: Path) -> None:
     """`broker dev` serves with mTLS and prints a curl that gets a credential, as printed."""
     port = free_port()
-    with broker_process(["dev", "--dir", "d", "--port", str(port)], cwd=tmp_path) as proc:
+    args = ["dev", "--dir", "d", "--port", str(port), "--gateway-port", str(free_port())]
+    with broker_process(args, cwd=tmp_path) as proc:
         url = f"https://127.0.0.1:{port}"
         proc.wait_ready(url, tmp_path / "d" / "ca" / "bundle.pem")
         body = _whoami(url, tmp_path / "d", "claims")

@@ -66,7 +66,9 @@ def test_readme_recipe_runs_as_written_against_broker_dev(tmp_path: Path) -> Non
     if not script.exists():
         argv[1:1] = ["-m", "broker.hook"]
     out = tmp_path / argv[argv.index("--out") + 1]
-    with broker_process(["dev", "--port", str(port)], cwd=tmp_path) as broker:
+    # `broker dev` also serves its gateway (on port + 1 by default): give it a free port.
+    dev = ["dev", "--port", str(port), "--gateway-port", str(free_port())]
+    with broker_process(dev, cwd=tmp_path) as broker:
         broker.wait_ready(
             f"https://127.0.0.1:{port}", tmp_path / ".broker-dev" / "ca" / "bundle.pem"
         )

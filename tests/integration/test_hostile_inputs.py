@@ -95,7 +95,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """One `broker dev` process for the module (a fresh trust domain, a free port)."""
     workdir = tmp_path_factory.mktemp("hostile")
     port = free_port()
-    with broker_process(["dev", "--dir", "d", "--port", str(port)], cwd=workdir) as process:
+    args = ["dev", "--dir", "d", "--port", str(port), "--gateway-port", str(free_port())]
+    with broker_process(args, cwd=workdir) as process:
         url = f"https://127.0.0.1:{port}"
         process.wait_ready(url, workdir / "d" / "ca" / "bundle.pem")
         td = DevTrustDomain((workdir / "d").resolve(), "example.org")
