@@ -52,6 +52,21 @@ def grant_ttl(
     return max(0, math.floor(min(limits)))
 
 
+LIFETIME_EXHAUSTED = ("credential_lifetime_exhausted",)
+LIFETIME_EXHAUSTED_MESSAGE = ("the agent's SVID or the user's token expires too soon to issue",)
+
+
+def request_ttl(ctx: RequestContext, caps: Sequence[int]) -> int:
+    """The TTL a request may get: `grant_ttl` bounded by its SVID, user token and subject."""
+    return grant_ttl(
+        requested=ctx.ttl_requested,
+        caps=caps,
+        now=ctx.now.timestamp(),
+        svid_expires_at=ctx.caller.expires_at.timestamp(),
+        user_expires_at=_earliest(ctx.user.expires_at if ctx.user else None, ctx.not_after),
+    )
+
+
 class _Denial:
     __slots__ = ("code", "message")
 
@@ -109,18 +124,12 @@ class PolicyEngine:
             return self.deny(
                 decision_id, reasons, messages, tools=tuple(grants), would_deny=tuple(shadow)
             )
-        ttl = grant_ttl(
-            requested=ctx.ttl_requested,
-            caps=[g.max_ttl for g in grants],
-            now=ctx.now.timestamp(),
-            svid_expires_at=ctx.caller.expires_at.timestamp(),
-            user_expires_at=_earliest(ctx.user.expires_at if ctx.user else None, ctx.not_after),
-        )
+        ttl = request_ttl(ctx, [g.max_ttl for g in grants])
         if ttl < 1:
             return self.deny(
                 decision_id,
-                ("credential_lifetime_exhausted",),
-                ("the agent's SVID or the user's token expires too soon to issue",),
+                LIFETIME_EXHAUSTED,
+                LIFETIME_EXHAUSTED_MESSAGE,
                 tools=tuple(grants),
                 would_deny=tuple(shadow),
             )

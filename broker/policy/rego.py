@@ -32,7 +32,12 @@ from broker.constants import MAX_CREDENTIAL_TTL
 from broker.domain import Decision, Limit, RequestContext, ShadowDenial, ToolGrant
 from broker.errors import ConfigError
 from broker.policy.config import PolicySettings
-from broker.policy.engine import PolicyEngine, grant_ttl
+from broker.policy.engine import (
+    LIFETIME_EXHAUSTED,
+    LIFETIME_EXHAUSTED_MESSAGE,
+    PolicyEngine,
+    request_ttl,
+)
 from broker.policy.reloader import NO_POLICY, FollowsFiles, LoadListener, PolicyVersion
 from broker.typing import Clock
 
@@ -319,18 +324,12 @@ class RegoPolicy(FollowsFiles):
             )
         if result.get("require_approval") is True:
             grants = [dataclasses.replace(g, require_approval=True) for g in grants]
-        ttl = grant_ttl(
-            requested=ctx.ttl_requested,
-            caps=[g.max_ttl for g in grants],
-            now=ctx.now.timestamp(),
-            svid_expires_at=ctx.caller.expires_at.timestamp(),
-            user_expires_at=_earliest(ctx.user.expires_at if ctx.user else None, ctx.not_after),
-        )
+        ttl = request_ttl(ctx, [g.max_ttl for g in grants])
         if ttl < 1:
             return self.deny(
                 decision_id,
-                ("credential_lifetime_exhausted",),
-                ("the agent's SVID or the user's token expires too soon to issue",),
+                LIFETIME_EXHAUSTED,
+                LIFETIME_EXHAUSTED_MESSAGE,
                 would_deny=would_deny,
             )
         return Decision(
@@ -439,8 +438,3 @@ class RegoPolicy(FollowsFiles):
         self._program = program
         log.info("rego policy reloaded", policy_id=program.id, version=program.version)
         return True
-
-
-def _earliest(*values: float | None) -> float | None:
-    present = [v for v in values if v is not None]
-    return min(present) if present else None
