@@ -33,6 +33,7 @@ __all__ = ["for_worker", "run_workers", "worker_audit_path"]
 log = structlog.get_logger(__name__)
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_STOPPING = (signal.SIGTERM, signal.SIGINT)
 
 
 def worker_audit_path(path: Path, index: int) -> Path:
@@ -119,8 +120,11 @@ def _supervise(children: list[subprocess.Popen[bytes]], stopping: threading.Even
             except subprocess.TimeoutExpired:
                 continue
             remaining.remove(child)
-            if code != 0 or not stopping.is_set():
-                failed = failed or code != 0 or not stopping.is_set()
+            # A worker still starting when the stop signal came has no handler yet: the
+            # signal itself ends it (code -SIGTERM). That is the stop asked for, not a failure.
+            clean = code == 0 or (stopping.is_set() and -code in _STOPPING)
+            if not clean or not stopping.is_set():
+                failed = True
                 if not stopping.is_set():
                     log.error("a worker stopped unexpectedly; stopping the others", code=code)
                     stopping.set()

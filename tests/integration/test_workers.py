@@ -52,6 +52,7 @@ async def test_two_workers_share_the_port_state_and_keys(
     process.start()
     try:
         process.wait_ready(url, td.ca_bundle)
+        process.wait_listening(2)
         analytics = Agent(td, url, "analytics")
         for _ in range(24):  # a new connection each: SO_REUSEPORT spreads them
             assert (await analytics.credentials(ANALYTICS)).status == 201
@@ -167,6 +168,7 @@ async def test_gateway_on_two_workers_refuses_a_revocation_on_both(
         process.start()
         try:
             process.wait_ready(url, td.ca_bundle)
+            process.wait_listening(2)
             analytics = Agent(td, url, "analytics")
             issued = await analytics.credentials(ANALYTICS)
             token = issued.body["credentials"][0]["token"]

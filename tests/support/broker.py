@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -223,6 +224,33 @@ class BrokerProcess:
             except OSError:
                 time.sleep(0.1)
         raise AssertionError(f"broker not ready in {timeout}s: {self.stderr[-2000:]}")
+
+    def wait_listening(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until `count` API listeners logged "listening" (every worker of `--workers`).
+
+        /readyz answers as soon as one worker is up; a test that needs the kernel to spread
+        connections over all of them waits for every worker.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"broker exited {self.proc.returncode}: {self.stderr[-2000:]}")
+            if self._listeners() >= count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{count} listeners not up in {timeout}s: {self.stderr[-3000:]}")
+
+    def _listeners(self) -> int:
+        count = 0
+        for line in self.stderr.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a plain line, or one still being written
+            if record.get("event") == "listening" and record.get("logger") == "broker.web.server":
+                count += 1
+        return count
 
     def stop(self) -> int:
         if self.proc is None:
