@@ -24,7 +24,7 @@ from pathlib import Path
 from bench import procs
 from bench.domain import bench_policy, init_domain
 from bench.harness import Bench, Options
-from bench.rows.common import ISSUE_BODY, bearer
+from bench.rows.common import PATHS, request_for
 
 __all__ = ["main", "summarize"]
 
@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gil", action="store_true", help="only samples holding the GIL (where Python CPU goes)"
     )
+    parser.add_argument(
+        "--path",
+        choices=PATHS,
+        default="issue",
+        help="which request (bench.rows.common.request_for)",
+    )
     args = parser.parse_args(argv)
     spy = _py_spy()
     if spy is None:
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = workdir / "policy-bench.yaml"
         bench_policy(domain, policy)
         bench = Bench(Options(seconds=args.seconds, warmup=0.0), workdir, domain, policy)
-        token = domain.jwt_svid("analytics")
+        endpoint, body, headers, expected = request_for(domain, args.path)
         raw_file = workdir / "profile.raw"
         with bench.broker("profile", workers=args.workers) as broker:
             argv_spy = [
@@ -131,10 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             sampler = procs.spawn("py-spy", argv_spy, log=workdir / "py-spy.log")
             try:
                 load = bench.wrk(
-                    f"{broker.url}/v1/credentials",
-                    body=ISSUE_BODY,
-                    headers=bearer(token),
-                    expected=201,
+                    f"{broker.url}{endpoint}", body=body, headers=headers, expected=expected
                 )
                 code = sampler.popen.wait(timeout=args.seconds + 60)
             finally:
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.raw is not None:
             args.raw.write_text(raw)
         print(
-            f"broker under wrk JWT-SVID issuance ({load.generator}): {load.rps:,.0f} req/s while "
+            f"broker under wrk JWT-SVID {endpoint} ({load.generator}): {load.rps:,.0f} req/s while "
             f"sampled at {args.rate}/s, {sum(load.unexpected.values())} unexpected answers"
         )
         print(summarize(raw, top=args.top))

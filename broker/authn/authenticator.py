@@ -25,7 +25,6 @@ from urllib.parse import unquote
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from broker.authn.cache import VerifiedCache
 from broker.authn.jwt_svid import JwtSvidVerifier
 from broker.authn.x509 import X509SvidVerifier
 from broker.clock import SystemClock
@@ -34,6 +33,7 @@ from broker.errors import Unauthenticated
 from broker.identity.material import spiffe_id_of
 from broker.jose import JoseError, unverified_claims
 from broker.typing import Clock
+from broker.verified import VerifiedCache
 
 __all__ = ["Presented", "SvidAuthenticator", "parse_xfcc", "presented_identity"]
 
@@ -71,7 +71,7 @@ class SvidAuthenticator:
         trusted_proxies: frozenset[str] = frozenset(),
         *,
         clock: Clock | None = None,
-        cache: VerifiedCache | None = None,
+        cache: VerifiedCache[Caller] | None = None,
     ) -> None:
         """Create the authenticator.
 
@@ -81,13 +81,13 @@ class SvidAuthenticator:
             trusted_proxies: SPIFFE IDs whose forwarded client certificates are believed.
             clock: For the cache's expiries (the system clock by default).
             cache: Successful verifications, reused until the SVID expires or the trust
-                bundles change (see `broker.authn.cache`); the caller clears it on rotation.
+                bundles change (see `broker.verified`); the caller clears it on rotation.
         """
         self._x509 = x509_verifier
         self._jwt = jwt_verifier
         self._proxies = trusted_proxies
         self._clock = clock or SystemClock()
-        self.cache = cache or VerifiedCache()
+        self.cache: VerifiedCache[Caller] = cache or VerifiedCache()
         self.verifications = 0  # full verifications run (the hot-path regression test reads it)
 
     def verify_jwt_svid(self, token: str) -> Caller:
@@ -144,7 +144,7 @@ class SvidAuthenticator:
         if caller is None:
             self.verifications += 1
             caller = self._x509.verify(chain)
-            self.cache.put(key, caller, now)
+            self.cache.put(key, caller, expires_at=caller.expires_at.timestamp(), now=now)
         return caller
 
     def _jwt_cached(self, token: str, now: float) -> Caller:
@@ -153,7 +153,7 @@ class SvidAuthenticator:
         if caller is None:
             self.verifications += 1
             caller = self._jwt.verify(token)
-            self.cache.put(key, caller, now)
+            self.cache.put(key, caller, expires_at=caller.expires_at.timestamp(), now=now)
         return caller
 
     def _forwarded(self, header: str, proxy: str) -> Caller:

@@ -9,7 +9,9 @@ code, except an unreachable key set, which is the broker's problem (503).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from broker.constants import MAX_TOKEN_BYTES
 from broker.context.config import UserTokenIssuer
@@ -25,6 +27,7 @@ from broker.jose import (
     verify_with_keys,
 )
 from broker.typing import Clock, KeySet
+from broker.verified import VerifiedCache
 
 __all__ = ["UserTokenRejected", "UserTokenVerifier", "actors_of", "check_may_act"]
 
@@ -62,7 +65,11 @@ class UserTokenRejected(Exception):
 
 
 class UserTokenVerifier:
-    """Validates user tokens against the configured issuers."""
+    """Validates user tokens against the configured issuers.
+
+    Attributes:
+        verifications: Signatures checked (a remembered token is not checked again).
+    """
 
     def __init__(
         self,
@@ -79,6 +86,8 @@ class UserTokenVerifier:
         """
         self._issuers = {i.issuer: i for i in issuers}
         self._clock = clock
+        self._verified: VerifiedCache[_Verified] = VerifiedCache()
+        self.verifications = 0
         self._key_sets: dict[str, KeySet] = dict(key_sets or {})
         for issuer in issuers:
             if issuer.issuer not in self._key_sets:
@@ -108,6 +117,37 @@ class UserTokenVerifier:
         """
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise UserTokenRejected("user_token_invalid", "user token is empty or too large")
+        now = self._clock.time()
+        claims, config = await self._signed_claims(token, now)
+        try:
+            check_time_claims(claims, now=now, leeway=config.leeway_seconds)
+        except JoseError as exc:
+            code = "user_token_expired" if "expired" in str(exc) else "user_token_invalid"
+            raise UserTokenRejected(code, f"user token: {exc}") from None
+        try:
+            check_audience(claims, config.audience)
+        except JoseError as exc:
+            raise UserTokenRejected("user_token_wrong_audience", f"user token: {exc}") from None
+        return _accepted(claims, config, actor)
+
+    async def _signed_claims(
+        self, token: str, now: float
+    ) -> tuple[Mapping[str, object], UserTokenIssuer]:
+        """The claims a trusted issuer signed, verified once and then remembered.
+
+        A user's token rides along on every request of that user's session. A signature
+        that verified is remembered by the token's digest until the token expires, and
+        reused only while the key that verified it is still the issuer's key for its
+        `kid` (a key set refresh or rotation forgets it; a token without `kid` is not
+        remembered). Time, audience and `may_act` are checked on every request.
+        """
+        digest = hashlib.sha256(token.encode()).digest()
+        remembered = self._verified.get(digest, now)
+        if remembered is not None:
+            keys = await self._issuer_keys(remembered.config, remembered.kid)
+            if keys.get(remembered.kid) is remembered.key:
+                return remembered.claims, remembered.config
+            self._verified.forget(digest)
         try:
             parsed = parse_jwt(
                 token, allowed_algorithms=_ANY_ASYMMETRIC, allowed_types=USER_TOKEN_TYPES
@@ -131,24 +171,39 @@ class UserTokenVerifier:
                 "user_token_invalid", f"user token algorithm {alg!r} is not allowed for {iss}"
             )
         kid = parsed.kid
-        try:
-            keys = await self._key_sets[config.issuer].keys(kid)
-        except IdentityError as exc:
-            raise Unavailable(f"keys of user-token issuer {iss} are unavailable: {exc}") from None
+        keys = await self._issuer_keys(config, kid)
+        self.verifications += 1
         try:
             claims = verify_with_keys(parsed, kid, alg, keys, where="the issuer's key set")
         except JoseError as exc:
             raise UserTokenRejected("user_token_invalid", f"user token: {exc}") from None
+        exp = claims.get("exp")
+        if isinstance(kid, str) and isinstance(exp, int | float):
+            self._verified.put(
+                digest,
+                _Verified(claims, config, kid, keys[kid]),
+                expires_at=float(exp) + config.leeway_seconds,
+                now=now,
+            )
+        return claims, config
+
+    async def _issuer_keys(self, config: UserTokenIssuer, kid: str | None) -> Mapping[str, object]:
         try:
-            check_time_claims(claims, now=self._clock.time(), leeway=config.leeway_seconds)
-        except JoseError as exc:
-            code = "user_token_expired" if "expired" in str(exc) else "user_token_invalid"
-            raise UserTokenRejected(code, f"user token: {exc}") from None
-        try:
-            check_audience(claims, config.audience)
-        except JoseError as exc:
-            raise UserTokenRejected("user_token_wrong_audience", f"user token: {exc}") from None
-        return _accepted(claims, config, actor)
+            return await self._key_sets[config.issuer].keys(kid)
+        except IdentityError as exc:
+            raise Unavailable(
+                f"keys of user-token issuer {config.issuer} are unavailable: {exc}"
+            ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A user token whose signature verified, and the key that verified it."""
+
+    claims: Mapping[str, object]
+    config: UserTokenIssuer
+    kid: str
+    key: object
 
 
 def _key_set(issuer: UserTokenIssuer, clock: Clock) -> KeySet:

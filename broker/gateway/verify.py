@@ -2,7 +2,7 @@
 
 The signature, `iss`, `exp` and `nbf` are checked by the runtime's own `TokenVerifier` (the
 broker's keys: no network hop); a success is remembered by the token's digest until the
-token expires (bounded, oldest first), as `broker/authn/cache.py` does for SVIDs. What is
+token expires (bounded, oldest first) in a `VerifiedCache`, as for SVIDs. What is
 never cached: the `aud` of the route, revocation (the shared state store, read on every
 request, so a revocation on any replica is refused from the next request on), and the
 `cnf` binding to the TLS client certificate of this connection.
@@ -18,8 +18,12 @@ from dataclasses import dataclass
 from broker.domain import UserRef
 from broker.errors import Unauthenticated
 from broker.typing import StateStore, TokenVerifier
+from broker.verified import VerifiedCache
 
 __all__ = ["GatewayCaller", "GatewayVerifier"]
+
+# Broker credentials live five minutes; an entry never outlives its token's `exp` anyway.
+_MAX_AGE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +45,6 @@ class GatewayCaller:
     audience: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    claims: Mapping[str, object]
-    until: float
-
-
 class GatewayRefused(Unauthenticated):
     """The credential is missing, invalid, expired, revoked, for another audience or unbound."""
 
@@ -65,26 +63,21 @@ class GatewayVerifier:
         """Wire the runtime's token verifier and the shared state store."""
         self._tokens = tokens
         self._state = state
-        self._entries: dict[bytes, _Entry] = {}
-        self._max_entries = max_entries
-        self.hits = 0
+        self._verified: VerifiedCache[Mapping[str, object]] = VerifiedCache(
+            max_entries=max_entries, max_age=_MAX_AGE_SECONDS
+        )
 
     def _claims(self, token: str, now: float) -> Mapping[str, object] | None:
         digest = hashlib.sha256(token.encode()).digest()
-        entry = self._entries.get(digest)
-        if entry is not None:
-            if now < entry.until:
-                self.hits += 1
-                return entry.claims
-            del self._entries[digest]
+        cached = self._verified.get(digest, now)
+        if cached is not None:
+            return cached
         claims = self._tokens.verify(token) if self._tokens is not None else None
         if claims is None:
             return None
         exp = claims.get("exp")
-        if self._max_entries and isinstance(exp, int | float):
-            if len(self._entries) >= self._max_entries:
-                del self._entries[next(iter(self._entries))]
-            self._entries[digest] = _Entry(claims, float(exp))
+        if isinstance(exp, int | float):
+            self._verified.put(digest, claims, expires_at=float(exp), now=now)
         return claims
 
     async def verify(

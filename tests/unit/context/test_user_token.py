@@ -197,7 +197,7 @@ async def test_user_token_is_parsed_once(idp: Idp, monkeypatch: pytest.MonkeyPat
 
     token = idp.token()
     check = verifier(idp)
-    assert (await check.verify(idp.token())).subject == "alice"  # keys loaded beforehand
+    assert (await check.verify(idp.token(jti="warm-up"))).subject == "alice"  # keys loaded
     monkeypatch.setattr(base64, "urlsafe_b64decode", counting)
     monkeypatch.setattr(jwt, "decode", forbidden)
     monkeypatch.setattr(jwt.api_jws.PyJWS, "decode_complete", forbidden)
@@ -364,3 +364,60 @@ async def test_no_keys_at_all_is_unavailable_not_forbidden(
             await check.verify(idp.token())
     finally:
         await check.close()
+
+
+async def test_a_verified_token_is_not_verified_again(idp: Idp) -> None:
+    """The same token on every request of a session: one signature check, the same answer."""
+    check = verifier(idp)
+    token = idp.token(jti="t-1")
+    first = await check.verify(token)
+    assert [await check.verify(token) for _ in range(5)] == [first] * 5
+    assert check.verifications == 1
+    await check.verify(idp.token(jti="t-2"))  # another token is checked on its own
+    assert check.verifications == 2
+
+
+async def test_a_remembered_token_is_still_checked_for_time_and_actor(idp: Idp) -> None:
+    """Expiry and `may_act` are judged on every request, remembered or not."""
+    clock = ManualClock()
+    check = verifier(idp, clock)
+    token = idp.token(exp=int(clock.time()) + 60, may_act={"sub": "spiffe://td/agent/a"})
+    assert (await check.verify(token, actor="spiffe://td/agent/a")).subject == "alice"
+    with pytest.raises(UserTokenRejected) as refused:
+        await check.verify(token, actor="spiffe://td/agent/b")
+    assert refused.value.code == "actor_not_authorized"
+    assert check.verifications == 1
+    clock.advance(61 + UserTokenIssuer(issuer=ISSUER, audience=()).leeway_seconds)
+    with pytest.raises(UserTokenRejected) as expired:
+        await check.verify(token, actor="spiffe://td/agent/a")
+    assert expired.value.code == "user_token_expired"
+
+
+async def test_a_key_removed_from_the_issuers_set_is_not_trusted_from_memory(
+    idp: Idp,
+) -> None:
+    """Once the JWKS drops the key that verified a token, that token is refused."""
+    clock = ManualClock()
+    check = verifier(idp, clock)
+    token = idp.token()
+    assert (await check.verify(token)).subject == "alice"
+    idp.keys = [new_ed25519_key()]  # the IdP rotates its key and retires the old one
+    idp.publish()
+    clock.advance(2)  # the file is looked at again at most once a second
+    with pytest.raises(UserTokenRejected, match="no key with kid"):
+        await check.verify(token)
+    assert check.verifications == 2
+
+
+async def test_a_refused_token_is_checked_every_time(idp: Idp) -> None:
+    """Failures are never remembered."""
+    check = verifier(idp)
+    stranger = Idp(idp.path.with_name("other.json"))
+    stranger.keys[0] = idp.keys[0]  # same kid, but signed over different claims below
+    token = idp.token()
+    head, payload, _ = token.split(".")
+    forged = f"{head}.{payload}.{stranger.token(sub='mallory').split('.')[2]}"
+    for _ in range(3):
+        with pytest.raises(UserTokenRejected):
+            await check.verify(forged)
+    assert check.verifications == 3

@@ -1,12 +1,14 @@
-"""Verify once, remember safely: successful SVID verifications, by what was presented.
+"""Verify once, remember safely: successful verifications, by a digest of what was presented.
 
 An agent keeps presenting the same X.509-SVID (on every request of a kept-alive
 connection, and on every new connection) and the same JWT-SVID (until it fetches the
-next); verifying each again costs hundreds of microseconds for the same answer. A
-success is remembered under a digest of what was presented (the leaf certificate's DER:
-its holder proved the key in the TLS handshake; the whole JWT-SVID) and reused only:
-- while the SVID is valid (never past its expiry, nor past `max_age`),
-- under the trust bundles it was verified with (any rotation forgets everything).
+next); a user's token rides along on every request and exchange of that user's session.
+Verifying each again costs hundreds of microseconds for the same answer. A success is
+remembered under a digest of what was presented (the leaf certificate's DER, whose holder
+proved the key in the TLS handshake; the whole JWT) and reused only:
+- while what was verified is valid (never past its expiry, nor past `max_age`),
+- under the keys it was verified with (the SVID cache is cleared on any bundle rotation;
+  the user-token cache checks that the verifying key is still the issuer's).
 Failures are never remembered, and agent revocation is checked by the caller on every
 request, cached or not. The cache is bounded; the oldest entries go first.
 """
@@ -14,22 +16,23 @@ request, cached or not. The cache is bounded; the oldest entries go first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from broker.domain import Caller
+from typing import Generic, TypeVar
 
 __all__ = ["VerifiedCache"]
 
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_AGE_SECONDS = 300.0
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
-    caller: Caller
+class _Entry(Generic[T]):
+    value: T
     until: float
 
 
-class VerifiedCache:
+class VerifiedCache(Generic[T]):
     """Successful verifications by digest, bounded in size and in time.
 
     Attributes:
@@ -45,15 +48,15 @@ class VerifiedCache:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_age: float = DEFAULT_MAX_AGE_SECONDS,
     ) -> None:
-        """Create an empty cache."""
-        self._entries: dict[bytes, _Entry] = {}
+        """Create an empty cache (`max_entries=0` remembers nothing)."""
+        self._entries: dict[bytes, _Entry[T]] = {}
         self._max_entries = max_entries
         self._max_age = max_age
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: bytes, now: float) -> Caller | None:
-        """The remembered caller for `key`, if still usable at `now`."""
+    def get(self, key: bytes, now: float) -> T | None:
+        """The remembered value for `key`, if still usable at `now`."""
         entry = self._entries.get(key)
         if entry is None:
             self.misses += 1
@@ -63,16 +66,20 @@ class VerifiedCache:
             self.misses += 1
             return None
         self.hits += 1
-        return entry.caller
+        return entry.value
 
-    def put(self, key: bytes, caller: Caller, now: float) -> None:
-        """Remember a successful verification until the SVID expires (or `max_age`)."""
-        until = min(caller.expires_at.timestamp(), now + self._max_age)
-        if until <= now:
+    def put(self, key: bytes, value: T, *, expires_at: float, now: float) -> None:
+        """Remember a successful verification until `expires_at` (or `max_age` from now)."""
+        until = min(expires_at, now + self._max_age)
+        if until <= now or self._max_entries <= 0:
             return
         if len(self._entries) >= self._max_entries:
             del self._entries[next(iter(self._entries))]
-        self._entries[key] = _Entry(caller, until)
+        self._entries[key] = _Entry(value, until)
+
+    def forget(self, key: bytes) -> None:
+        """Drop one entry (it no longer verifies)."""
+        self._entries.pop(key, None)
 
     def clear(self) -> None:
         """Forget everything (the trust bundles changed)."""
