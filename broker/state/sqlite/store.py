@@ -79,6 +79,7 @@ CREATE INDEX IF NOT EXISTS credentials_expiry ON credentials (expires_at);
 CREATE TABLE IF NOT EXISTS revoked_agents (agent TEXT PRIMARY KEY, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rate_events (key TEXT NOT NULL, member TEXT NOT NULL, ts REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS rate_events_key ON rate_events (key, ts);
+CREATE TABLE IF NOT EXISTS rate_counts (key TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS budgets (
     key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires_at REAL NOT NULL
 );
@@ -88,7 +89,7 @@ CREATE TABLE IF NOT EXISTS approvals (
 );
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # An approval is remembered this long after it lapses (to answer 410, not 404).
 APPROVAL_MEMORY_SECONDS = 86400
 
@@ -116,6 +117,10 @@ def _migrate(db: sqlite3.Connection) -> None:
             "substr(user, 1, instr(user, '#') - 1), substr(user, instr(user, '#') + 1)) "
             "WHERE user IS NOT NULL AND substr(user, 1, 1) != '['"
         )
+    if version < 2:  # noqa: PLR2004 - schema versions
+        # v2 counts each rate key's live events in `rate_counts` (O(1) per check).
+        db.execute("DELETE FROM rate_counts")
+        db.execute("INSERT INTO rate_counts SELECT key, count(*) FROM rate_events GROUP BY key")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -401,7 +406,7 @@ class SqliteStateStore:
             db.execute("DELETE FROM budgets WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM seen WHERE until <= ?", (now,))
             # Rate events older than the longest window any limit can have.
-            db.execute("DELETE FROM rate_events WHERE ts <= ?", (now - 86400,))
+            _forget_rate_events(db, "ts <= ?", (now - 86400,))
 
         await self._write(purge)
 
@@ -511,10 +516,7 @@ class SqliteStateStore:
         def refund(db: sqlite3.Connection) -> None:
             for check in checks:
                 if check.kind == "rate":
-                    db.execute(
-                        "DELETE FROM rate_events WHERE key = ? AND member LIKE ?",
-                        (check.key, f"{member}:%"),
-                    )
+                    _forget_rate_events(db, "key = ? AND member LIKE ?", (check.key, f"{member}:%"))
                 else:
                     key, _ = budget_key(check, now)
                     db.execute(
@@ -625,13 +627,14 @@ def _consume(
 ) -> LimitResult:
     for check in checks:
         if check.kind == "rate":
-            db.execute(
+            expired = db.execute(
                 "DELETE FROM rate_events WHERE key = ? AND ts <= ?",
                 (check.key, now - check.window_seconds),
-            )
-            (count,) = db.execute(
-                "SELECT count(*) FROM rate_events WHERE key = ?", (check.key,)
-            ).fetchone()
+            ).rowcount
+            if expired > 0:
+                _count_rate_events(db, check.key, -expired)
+            row = db.execute("SELECT count FROM rate_counts WHERE key = ?", (check.key,)).fetchone()
+            count = row[0] if row else 0
             if count + check.cost > check.limit:
                 need = count + check.cost - check.limit
                 (oldest,) = db.execute(
@@ -661,6 +664,7 @@ def _consume(
                 "INSERT INTO rate_events (key, member, ts) VALUES (?, ?, ?)",
                 [(check.key, f"{member}:{i}", now) for i in range(check.cost)],
             )
+            _count_rate_events(db, check.key, check.cost)
         else:
             key, ends = budget_key(check, now)
             db.execute(
@@ -669,3 +673,30 @@ def _consume(
                 (key, check.cost, ends),
             )
     return LimitResult(allowed=True)
+
+
+# A sliding-window rate limit keeps one row per event in `rate_events`, and `rate_counts`
+# keeps how many each key holds, in the same transaction as every insert and delete: a
+# check reads one row instead of counting the window (which grows with the limit).
+
+
+def _count_rate_events(db: sqlite3.Connection, key: str, delta: int) -> None:
+    db.execute(
+        "INSERT INTO rate_counts (key, count) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET count = count + excluded.count",
+        (key, delta),
+    )
+    if delta < 0:
+        db.execute("DELETE FROM rate_counts WHERE key = ? AND count <= 0", (key,))
+
+
+def _forget_rate_events(db: sqlite3.Connection, where: str, params: tuple[object, ...]) -> None:
+    """Delete the rate events matching `where`, keeping `rate_counts` exact."""
+    gone = db.execute(
+        f"SELECT key, count(*) FROM rate_events WHERE {where} GROUP BY key",  # noqa: S608 - fixed
+        params,
+    ).fetchall()
+    if gone:
+        db.execute(f"DELETE FROM rate_events WHERE {where}", params)  # noqa: S608 - fixed
+        for key, count in gone:
+            _count_rate_events(db, key, -count)
