@@ -9,6 +9,8 @@ in the audit trail as `would_deny` and `shadow`).
 
 Candidate rules come from an index (exact IDs in a dict; `/*` prefixes looked up once per
 path segment of the caller's ID), so a decision costs the same with 10 or 10,000 agents.
+Agents keep asking the same thing: the grants are remembered under exactly the parts of
+the request the rules read (see `PolicyEngine._grants`), never across a policy change.
 
 Before the rules, the agent registry: an agent whose entry declares its tools is denied
 any other tool (`tool_not_declared`); an agent without an entry, or whose entry declares
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from broker.constants import MAX_CREDENTIAL_TTL
 from broker.domain import Decision, RequestContext, ShadowDenial, ToolGrant
@@ -91,6 +94,8 @@ class PolicyEngine:
         self.policy = policy
         self._tool_scopes = {k: tuple(v) for k, v in (tool_scopes or {}).items()}
         self.registry = AgentRegistry(policy.agents)
+        self._matched: dict[str, list[Rule]] = {}
+        self._granted: dict[_GrantKey, tuple[tuple[ToolGrant, ...], tuple[ShadowDenial, ...]]] = {}
         self._exact: dict[str, list[Rule]] = {}
         self._prefix: dict[str, list[Rule]] = {}
         for rule in policy.rules:
@@ -115,23 +120,19 @@ class PolicyEngine:
             ctx: The request context.
             decision_id: The id to give the decision.
         """
-        rules = self.rules_for(ctx.caller.spiffe_id)
-        shadow: list[ShadowDenial] = []
-        grants = [self._tool(ctx, tool, rules, shadow) for tool in ctx.tools]
+        grants, shadow = self._grants(ctx)
         reasons = tuple(dict.fromkeys(r for g in grants for r in g.reasons))
         messages = tuple(m for g in grants for m in g.messages)
         if not all(g.allowed for g in grants):
-            return self.deny(
-                decision_id, reasons, messages, tools=tuple(grants), would_deny=tuple(shadow)
-            )
+            return self.deny(decision_id, reasons, messages, tools=grants, would_deny=shadow)
         ttl = request_ttl(ctx, [g.max_ttl for g in grants])
         if ttl < 1:
             return self.deny(
                 decision_id,
                 LIFETIME_EXHAUSTED,
                 LIFETIME_EXHAUSTED_MESSAGE,
-                tools=tuple(grants),
-                would_deny=tuple(shadow),
+                tools=grants,
+                would_deny=shadow,
             )
         policy = self.policy
         return Decision(
@@ -140,9 +141,50 @@ class PolicyEngine:
             policy_id=policy.id,
             policy_version=policy.version,
             ttl_granted=ttl,
-            tools=tuple(grants),
-            would_deny=tuple(shadow),
+            tools=grants,
+            would_deny=shadow,
         )
+
+    def _grants(
+        self, ctx: RequestContext
+    ) -> tuple[tuple[ToolGrant, ...], tuple[ShadowDenial, ...]]:
+        """Each tool's grant, and the shadow denials, for this request.
+
+        The answer depends only on the immutable policy and on the parts of the request
+        the rules read: the agent, the tools, the user's issuer, tier and groups, the
+        delegation depth, the requested TTL and scopes, and the time, but the time only
+        through rules with time windows. Agents keep asking the same thing, so without
+        such rules the answer is remembered under exactly those parts (bounded; a new
+        policy is a new engine). The TTL and the expiries are computed per request.
+        """
+        agent = ctx.caller.spiffe_id
+        rules = self._rules_of(agent)
+        key: _GrantKey | None = None
+        if not any(rule.time_windows for rule in rules):
+            user = ctx.user
+            key = (
+                agent,
+                ctx.tools,
+                None if user is None else (user.issuer, user.tier, user.groups),
+                len(ctx.actors),
+                ctx.ttl_requested,
+                ctx.scopes,
+            )
+            known = self._granted.get(key)
+            if known is not None:
+                return known
+        shadow: list[ShadowDenial] = []
+        answer = (tuple(self._tool(ctx, tool, rules, shadow) for tool in ctx.tools), tuple(shadow))
+        if key is not None:
+            _remember(self._granted, key, answer)
+        return answer
+
+    def _rules_of(self, agent: str) -> list[Rule]:
+        rules = self._matched.get(agent)
+        if rules is None:
+            rules = self.rules_for(agent)
+            _remember(self._matched, agent, rules)
+        return rules
 
     def deny(
         self,
@@ -300,6 +342,26 @@ class PolicyEngine:
                 _Denial("tool_not_allowed", f"tool {tool} is not allowed for agent {agent}")
             )
         return _denied(tool, failures)
+
+
+_GrantKey = tuple[
+    str,
+    tuple[str, ...],
+    tuple[str, str | None, tuple[str, ...]] | None,
+    int,
+    int | None,
+    tuple[str, ...] | None,
+]
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+MEMO_ENTRIES = 10_000
+
+
+def _remember(memo: dict[_K, _V], key: _K, value: _V) -> None:
+    """Bounded memo: full means start again (no agent mix can grow it without bound)."""
+    if len(memo) >= MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = value
 
 
 def _earliest(*values: float | None) -> float | None:

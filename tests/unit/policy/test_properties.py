@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from broker.domain import AuthMethod, Caller, RequestContext, UserContext
 from broker.policy.engine import PolicyEngine, grant_ttl
 from broker.policy.loader import load_policy
+from broker.policy.model import Policy
 
 NOW = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
 
@@ -125,3 +126,107 @@ def test_decisions_never_grant_beyond_their_bounds(
             assert decision.ttl_granted <= ttl
     else:
         assert decision.ttl_granted == 0
+
+
+def _rich_policy() -> Policy:
+    """Rules reading every part of a request: user, depth, TTL, scopes, shadow, time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "policy.yaml"
+        agent = "spiffe://example.org/agent/"
+        rules = [
+            {
+                "id": "no-db-bronze",
+                "effect": "deny",
+                "agents": [agent + "*"],
+                "tools": ["db"],
+                "user": {"tiers": ["bronze"]},
+            },
+            {
+                "id": "gold-crm",
+                "agents": [agent + "a"],
+                "tools": ["crm"],
+                "max_ttl_seconds": 120,
+                "user": {"tiers": ["gold"], "groups_any": ["support"]},
+                "scopes": ["crm:read"],
+            },
+            {
+                "id": "any-crm",
+                "agents": [agent + "a", agent + "b"],
+                "tools": ["crm", "db"],
+                "max_delegation_depth": 1,
+            },
+            {
+                "id": "shadow-mail",
+                "shadow": True,
+                "agents": [agent + "*"],
+                "tools": ["mail"],
+                "user": {"issuers": ["https://idp"]},
+            },
+            {"id": "mail", "agents": [agent + "*"], "tools": ["mail"]},
+            {"id": "d-db", "agents": [agent + "d"], "tools": ["db"], "max_ttl_seconds": 100},
+            {
+                "id": "office",
+                "agents": [agent + "c"],
+                "tools": ["crm", "mail"],
+                "time_windows": [{"days": ["wed"], "start": "08:00", "end": "18:00"}],
+            },
+        ]
+        path.write_text(yaml.safe_dump({"id": "p", "version": 1, "rules": rules}))
+        return load_policy(path)
+
+
+RICH = _rich_policy()
+RICH_SCOPES = {"crm": ("crm:read", "crm:write"), "db": (), "mail": ()}
+MEMOISED = PolicyEngine(RICH, RICH_SCOPES)
+
+
+USERS = [None] + [
+    UserContext(issuer, "alice", NOW.timestamp() + 3600, tier=tier, groups=groups)
+    for issuer in ("https://idp", "https://other")
+    for tier in (None, "gold", "bronze")
+    for groups in ((), ("support",), ("support", "ops"))
+]
+
+
+@settings(max_examples=60)
+@given(
+    agent=st.sampled_from(["a", "b", "c", "d"]),
+    tools=tools,
+    ttl=st.one_of(st.none(), st.sampled_from([60, 120, 200, 400])),
+    scopes=st.one_of(st.none(), st.sampled_from([("crm:read",), ("crm:write",)])),
+    depth=st.integers(min_value=0, max_value=3),
+    hour=st.sampled_from([7, 10, 19]),
+)
+def test_a_remembered_answer_is_the_answer_a_fresh_engine_gives(
+    *,
+    agent: str,
+    tools: list[str],
+    ttl: int | None,
+    scopes: tuple[str, ...] | None,
+    depth: int,
+    hour: int,
+) -> None:
+    """One long-lived engine (memoising) decides exactly as a new engine for every request.
+
+    Every user variant is asked in turn, so requests differing in one part the rules
+    read meet in the memo.
+    """
+    now = NOW.replace(hour=hour)
+    caller = Caller(
+        f"spiffe://example.org/agent/{agent}",
+        "example.org",
+        AuthMethod.X509_SVID,
+        now + timedelta(hours=1),
+    )
+    for user in USERS:
+        ctx = RequestContext(
+            caller,
+            user,
+            tuple(tools),
+            ttl,
+            now,
+            "r",
+            scopes=scopes,
+            actors=tuple(f"spiffe://example.org/agent/up{i}" for i in range(depth)),
+        )
+        assert MEMOISED.decide(ctx, "d") == PolicyEngine(RICH, RICH_SCOPES).decide(ctx, "d")
