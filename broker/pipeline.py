@@ -59,7 +59,6 @@ from broker.metrics import Metrics
 from broker.state.base import ApprovalRecord, CredentialRecord
 from broker.tracing import SpanScope, Tracer
 from broker.typing import (
-    ApprovalStore,
     AuditSink,
     Authenticator,
     Clock,
@@ -139,7 +138,6 @@ class Pipeline:
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
         unparsed: UnparsedFailures | None = None,
-        approvals: ApprovalStore | None = None,
         admins: frozenset[str] = frozenset(),
         approval_seconds: int = DEFAULT_APPROVAL_SECONDS,
         approver_groups: frozenset[str] = frozenset(),
@@ -155,14 +153,13 @@ class Pipeline:
             limits: Step 4, rate limits and budgets.
             issuers: Step 5, issuers by kind.
             tools: The tool catalogue, by name (each names its issuer kind).
-            state: Where issued credentials are remembered.
+            state: Where issued credentials and pending approvals are remembered.
             audit: Where every decision is recorded first.
             replay: JWT-SVID replay protection.
             metrics: Counters and per-step latency histograms.
             tracer: A span per step (a no-op unless tracing is configured).
             unparsed: Where failures that claim no identity are counted (see
                 `broker.audit.aggregate`).
-            approvals: Where pending approvals are kept (None: `require_approval` refuses).
             admins: SPIFFE IDs that may approve or deny.
             approval_seconds: How long an approval may stay pending.
             approver_groups: User-token groups whose members may approve (the token is
@@ -182,7 +179,6 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.tracer = tracer or Tracer(None)
         self.unparsed = unparsed or UnparsedFailures(audit, clock)
-        self.approvals = approvals
         self.admins = admins
         self.approval_seconds = approval_seconds
         self.approver_groups = approver_groups
@@ -379,14 +375,6 @@ class Pipeline:
             await self._refuse(
                 ctx, decision, "approval_required", "this request needs a human approval"
             )
-        if self.approvals is None:
-            await self._refuse(
-                ctx,
-                decision,
-                "approval_unavailable",
-                "the policy requires an approval, which this state store cannot keep",
-            )
-        assert self.approvals is not None
         user = ctx.user
         now = ctx.now.timestamp()
         record = ApprovalRecord(
@@ -403,26 +391,26 @@ class Pipeline:
             user_expires_at=user.expires_at if user else None,
             actors=ctx.actors,
         )
-        await self.approvals.put_approval(record)
+        await self.state.put_approval(record)
         await self.audit.write(events.approval_requested(ctx, decision, record.approval_id))
         if self.on_pending is not None:
             self.on_pending(record)
         return Pending(record.approval_id, decision.decision_id)
 
     async def _approval(self, approval_id: str) -> ApprovalRecord:
-        if self.approvals is None:
-            raise NotFound("no such approval")
-        record = await self.approvals.get_approval(approval_id)
+        record = await self.state.get_approval(approval_id)
         if record is None:
             raise NotFound("no such approval")
         if record.status == "pending" and self.clock.time() >= record.expires_at:
-            expired = await self.approvals.set_approval_status(
+            expired = await self.state.set_approval_status(
                 approval_id, expected="pending", status="expired"
             )
             if expired is not None:
                 await self.audit.write(
                     events.approval_expired(approval=expired, ts=self.clock.now())
                 )
+            raise Gone("the approval expired")
+        if record.status == "expired":  # expired earlier, perhaps on another replica
             raise Gone("the approval expired")
         return record
 
@@ -452,8 +440,7 @@ class Pipeline:
         record = await self._approval(approval_id)
         if human is not None and human == record.user:
             raise Forbidden("a user may not approve a request made on their own behalf")
-        assert self.approvals is not None
-        decided = await self.approvals.set_approval_status(
+        decided = await self.state.set_approval_status(
             approval_id,
             expected="pending",
             status="approved" if approve else "denied",
@@ -522,8 +509,7 @@ class Pipeline:
                 decision_id=record.decision_id,
                 reasons=["approval_denied"],
             )
-        assert self.approvals is not None
-        claimed = await self.approvals.set_approval_status(
+        claimed = await self.state.set_approval_status(
             approval_id, expected="approved", status="issued"
         )
         if claimed is None:
@@ -553,7 +539,7 @@ class Pipeline:
         except Unavailable:
             # Nothing was issued: the agent may collect again.
             with contextlib.suppress(Unavailable):
-                await self.approvals.set_approval_status(
+                await self.state.set_approval_status(
                     approval_id, expected="issued", status="approved"
                 )
             raise

@@ -40,7 +40,6 @@ from broker.policy.reloader import LoadListener, PolicyVersion, ReloadingPolicy
 from broker.state import STATE_STORES
 from broker.tracing import Tracer
 from broker.typing import (
-    ApprovalStore,
     AuditSink,
     Clock,
     IdentitySource,
@@ -230,7 +229,6 @@ async def open_runtime(settings: Settings, clock: Clock | None = None) -> AsyncI
             metrics=metrics,
             tracer=tracer,
             unparsed=unparsed,
-            approvals=state if isinstance(state, ApprovalStore) else None,
             admins=settings.admins,
             approval_seconds=settings.approvals.expiry_seconds,
             approver_groups=settings.approvals.approver_groups,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from broker.audit.events import AuditEvent
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from broker.state.base import ApprovalRecord, CredentialRecord, LimitResult
 
 __all__ = [
-    "ApprovalStore",
     "AuditSink",
     "Authenticator",
     "Clock",
@@ -214,10 +213,11 @@ class Issuer(Protocol):
 
 
 class StateStore(Protocol):
-    """Shared, self-expiring state: issued credentials, revocations, limits, seen ids.
+    """Shared, self-expiring state: credentials, revocations, limits, seen ids, approvals.
 
     Every method but `start`, `close` and `ping` raises `Unavailable` when the backend
-    fails.
+    fails. Pending human approvals (CONTRACT section 8) are here so that any replica
+    sharing the store can answer for any approval.
     """
 
     async def start(self) -> None:
@@ -326,17 +326,6 @@ class StateStore(Protocol):
         """
         ...
 
-
-@runtime_checkable
-class ApprovalStore(Protocol):
-    """Pending human approvals (CONTRACT section 8), beside the other shared state.
-
-    A separate Protocol from `StateStore` for now: the SQLite store implements it; a
-    store that does not (Redis, until it gains these four methods) makes a rule with
-    `require_approval` refuse (`approval_unavailable`) instead of issuing unapproved.
-    Records live until a day after they lapse (to answer 410 rather than 404).
-    """
-
     async def put_approval(self, record: ApprovalRecord) -> None:
         """Remember a new pending approval.
 
@@ -346,7 +335,11 @@ class ApprovalStore(Protocol):
         ...
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
-        """An approval, or None if unknown (or forgotten).
+        """An approval, or None if unknown or forgotten.
+
+        A record is remembered until a day after it lapses (`APPROVAL_MEMORY_SECONDS`
+        after its `expires_at`), whatever its status, so that a late poll is answered 410
+        rather than 404.
 
         Raises:
             Unavailable: The backend failed.
@@ -363,6 +356,10 @@ class ApprovalStore(Protocol):
         reason: str | None = None,
     ) -> ApprovalRecord | None:
         """Atomically move an approval from `expected` to `status` (compare-and-set).
+
+        Atomic across every process sharing the store: of concurrent moves from the same
+        `expected`, exactly one succeeds. The record keeps its expiry; `approver` and
+        `reason` are kept unchanged when None.
 
         Returns:
             The updated record, or None when it is unknown or not in `expected` (so that

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from broker.domain import LimitCheck, UserRef
 
 __all__ = [
+    "APPROVAL_MEMORY_SECONDS",
     "ApprovalRecord",
     "CredentialRecord",
     "LimitResult",
@@ -92,6 +93,10 @@ def budget_key(check: LimitCheck, now: float) -> tuple[str, float]:
     """The counter key of a fixed-window budget at `now`, and when that window ends."""
     index = math.floor(now / check.window_seconds)
     return f"{check.key}|{index}", (index + 1) * check.window_seconds
+
+
+# An approval is remembered this long after it lapses (to answer 410, not 404).
+APPROVAL_MEMORY_SECONDS = 86400
 
 
 @dataclass(frozen=True, slots=True)

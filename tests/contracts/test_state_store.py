@@ -13,6 +13,7 @@ outage; it never answers "not revoked" for an agent that was revoked.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,7 @@ import redis.asyncio as aioredis
 
 from broker.domain import LimitCheck, UserRef
 from broker.errors import Unavailable
-from broker.state.base import CredentialRecord
+from broker.state.base import APPROVAL_MEMORY_SECONDS, ApprovalRecord, CredentialRecord
 from broker.state.redis import RedisStateStore
 from broker.state.sqlite import SqliteStateStore
 from broker.typing import StateStore
@@ -68,6 +69,24 @@ def record(
         lease_id=lease,
         scope="crm:read",
         audience="https://crm",
+    )
+
+
+def approval(clock: ManualClock, aid: str = "a1", *, lapses_in: float = 900) -> ApprovalRecord:
+    now = clock.time()
+    return ApprovalRecord(
+        aid,
+        "d1",
+        "spiffe://example.org/agent/a",
+        UserRef("idp", "alice"),
+        ("crm", "tickets"),
+        60,
+        now,
+        now + lapses_in,
+        user_tier="gold",
+        user_groups=("g",),
+        user_expires_at=now + 600,
+        actors=("spiffe://example.org/agent/first",),
     )
 
 
@@ -248,12 +267,16 @@ async def test_redis_keys_all_expire(redis: RedisServer, clock: ManualClock) -> 
     await store.revoke_agent("spiffe://example.org/agent/x", now + 100)
     await store.consume_limits([rate("k", 5), budget("b", 5)], "m", now)
     await store.first_use("j", now + 100)
+    await store.put_approval(approval(clock))
+    await store.set_approval_status("a1", expected="pending", status="approved")
     await store.close()
     client = aioredis.Redis.from_url(redis.url)
     keys = [k async for k in client.scan_iter(f"{prefix}*")]
-    assert len(keys) >= 7
+    assert len(keys) >= 8
     for key in keys:
         assert await client.ttl(key) > 0, key
+    # Kept (through the status change) until a day after it lapses: 410, not 404.
+    assert await client.ttl(f"{prefix}approval:a1") > APPROVAL_MEMORY_SECONDS + 800
     await client.aclose()
 
 
@@ -268,6 +291,84 @@ async def test_concurrent_writes_all_succeed(store: StateStore, clock: ManualClo
 
     await asyncio.gather(*(one(i) for i in range(1500)))
     assert len(await store.agent_credentials("spiffe://example.org/agent/a")) == 1500
+
+
+async def test_approvals_round_trip(store: StateStore, clock: ManualClock) -> None:
+    """put/get returns the very record (timestamps to the microsecond); unknown ids are None."""
+    record = approval(clock)
+    await store.put_approval(record)
+    assert await store.get_approval("a1") == record
+    assert await store.get_approval("unknown") is None
+
+
+async def test_approval_status_is_a_compare_and_set(store: StateStore, clock: ManualClock) -> None:
+    """A move succeeds from `expected` only; approver and reason stay when not given."""
+    await store.put_approval(approval(clock))
+    approved = await store.set_approval_status(
+        "a1", expected="pending", status="approved", approver="spiffe://td/admin", reason="ok"
+    )
+    assert approved == dataclasses.replace(
+        approval(clock), status="approved", approver="spiffe://td/admin", reason="ok"
+    )
+    assert await store.get_approval("a1") == approved
+    stale = await store.set_approval_status("a1", expected="pending", status="denied")
+    assert stale is None
+    assert await store.get_approval("a1") == approved
+    issued = await store.set_approval_status("a1", expected="approved", status="issued")
+    assert issued == dataclasses.replace(approved, status="issued")
+    assert await store.set_approval_status("unknown", expected="pending", status="x") is None
+    assert await store.get_approval("unknown") is None
+
+
+async def test_concurrent_compare_and_set_has_one_winner(
+    store: StateStore, clock: ManualClock
+) -> None:
+    """10 concurrent approved->issued moves: exactly one wins (credentials collected once)."""
+    await store.put_approval(approval(clock))
+    await store.set_approval_status("a1", expected="pending", status="approved")
+    claims = await asyncio.gather(
+        *(store.set_approval_status("a1", expected="approved", status="issued") for _ in range(10))
+    )
+    assert sum(c is not None for c in claims) == 1
+    current = await store.get_approval("a1")
+    assert current is not None
+    assert current.status == "issued"
+
+
+async def test_approvals_are_kept_a_day_after_they_lapse(
+    store: StateStore, clock: ManualClock
+) -> None:
+    """A lapsed approval is still known (410, not 404); one lapsed over a day ago is not."""
+    await store.put_approval(approval(clock, "lapsed", lapses_in=-10))
+    expired = await store.set_approval_status("lapsed", expected="pending", status="expired")
+    assert expired is not None
+    assert await store.get_approval("lapsed") == expired
+    await store.put_approval(approval(clock, "old", lapses_in=-APPROVAL_MEMORY_SECONDS - 5))
+    assert await store.get_approval("old") is None
+    assert await store.set_approval_status("old", expected="pending", status="expired") is None
+
+
+async def test_redis_approval_has_one_winner_across_replicas(
+    redis: RedisServer, clock: ManualClock
+) -> None:
+    """Two stores on one Redis (two replicas) race to collect one approval: one wins."""
+    prefix = f"race{secrets.token_hex(4)}:"
+    replicas = [RedisStateStore(redis.url, clock, prefix=prefix) for _ in range(2)]
+    for replica in replicas:
+        await replica.start()
+    try:
+        await replicas[0].put_approval(approval(clock))
+        assert await replicas[1].set_approval_status("a1", expected="pending", status="approved")
+        claims = await asyncio.gather(
+            *(
+                replicas[i % 2].set_approval_status("a1", expected="approved", status="issued")
+                for i in range(10)
+            )
+        )
+        assert sum(c is not None for c in claims) == 1
+    finally:
+        for replica in replicas:
+            await replica.close()
 
 
 REVOKED_BEFORE = "spiffe://example.org/agent/revoked-before-the-outage"
@@ -318,6 +419,11 @@ async def test_backend_failure_is_unavailable_and_not_ready(
         "first_use": lambda: failed_store.first_use("jti", now + 60),
         "leases_to_release": lambda: failed_store.leases_to_release(now),
         "lease_released": lambda: failed_store.lease_released("c1"),
+        "put_approval": lambda: failed_store.put_approval(approval(clock)),
+        "get_approval": lambda: failed_store.get_approval("a1"),
+        "set_approval_status": lambda: failed_store.set_approval_status(
+            "a1", expected="pending", status="approved"
+        ),
     }
     started = time.monotonic()
     for name, call in calls.items():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import json
+import secrets
 import stat
 import subprocess
 import sys
@@ -14,8 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
+from broker.clock import SystemClock
+from broker.config.settings import StateSettings
+from broker.dev.trust_domain import init_trust_domain
 from broker.policy.config import PolicySettings
-from tests.support.devbroker import DevBroker, dev_broker
+from broker.state.redis.config import RedisSettings
+from tests.support.devbroker import Agent, DevBroker, Response, dev_broker
+from tests.support.servers import RedisServer
 
 
 def unwatched(directory: Path) -> PolicySettings:
@@ -433,3 +441,70 @@ async def test_a_pending_approval_is_announced_by_a_signed_webhook(tmp_path: Pat
     assert claims["decision_id"] == pending.body["decision_id"]
     assert claims["agent"] == "spiffe://example.org/agent/analytics"
     assert claims["tools"] == ["analytics_api"]
+
+
+async def test_a_replica_other_than_the_one_asked_serves_the_approval(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """Two brokers on one Redis: asked on A, approved and collected once on B; 410/403 on both."""
+    from tests.support.clock import ManualClock
+
+    clock = ManualClock()
+    directory = tmp_path / "dev"
+    td, _ = init_trust_domain(directory, None, SystemClock())
+    policy = yaml.safe_load(td.policy.read_text())
+    policy["rules"][1]["require_approval"] = True
+    td.policy.write_text(yaml.safe_dump(policy))
+    shared = {
+        "clock": clock,
+        "policy": unwatched(directory),
+        "state": StateSettings(
+            backend="redis",
+            options=RedisSettings(url=redis.url, key_prefix=f"appr{secrets.token_hex(3)}:"),
+        ),
+    }
+    async with dev_broker(directory, **shared) as a:
+        audit_b = dataclasses.replace(
+            a.settings.audit, path=directory / "audit-b.log", chain_id="b"
+        )
+        async with dev_broker(directory, audit=audit_b, **shared) as b:
+            on_a, on_b = a.agent("analytics"), b.agent("analytics")
+
+            async def ask() -> str:
+                pending = await on_a.credentials({"tools": ["analytics_api"], "ttl_seconds": 60})
+                assert pending.status == 202, pending.body
+                return str(pending.body["approval_id"])
+
+            async def decide(broker: DevBroker, approval_id: str, decision: str) -> int:
+                path = f"/v1/admin/approvals/{approval_id}"
+                body = {"decision": decision, "reason": "ticket 7"}
+                return (await broker.agent("admin").request("POST", path, json_body=body)).status
+
+            async def poll(agent: Agent, approval_id: str) -> Response:
+                return await agent.request("GET", f"/v1/approvals/{approval_id}")
+
+            first = await ask()
+            assert (await poll(on_b, first)).status == 202
+            assert await decide(b, first, "approve") == 200
+            assert await decide(a, first, "approve") == 409  # A sees B's decision
+            issued = await poll(on_b, first)
+            assert issued.status == 201, issued.body
+            assert issued.body["credentials"][0]["tool"] == "analytics_api"
+            assert (await poll(on_b, first)).status == 410
+            assert (await poll(on_a, first)).status == 410
+
+            # Polled on both replicas at once: the credentials are served exactly once.
+            second = await ask()
+            assert await decide(a, second, "approve") == 200
+            raced = await asyncio.gather(*(poll(agent, second) for agent in (on_a, on_b) * 3))
+            assert sorted(r.status for r in raced) == [201, 410, 410, 410, 410, 410]
+
+            third = await ask()
+            assert await decide(b, third, "deny") == 200
+            assert (await poll(on_a, third)).status == 403
+
+            fourth = await ask()
+            clock.advance(901)
+            assert (await poll(on_b, fourth)).status == 410
+            assert (await poll(on_a, fourth)).status == 410
+            assert await decide(a, fourth, "approve") == 410

@@ -15,6 +15,9 @@ with `revocations_file` those of earlier runs), writes a new marker, and refuses
 (503, not ready) for two sync periods, long enough for every other running replica to
 notice the new marker and put back its own copy too. The sync also puts back any single
 revocation Redis lost while the marker survived (a failover losing its last writes).
+
+Pending human approvals live here too (`broker.state.redis.approvals`), so any replica
+can answer for an approval another one took.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ from redis.exceptions import RedisError
 from broker.domain import LimitCheck
 from broker.errors import Unavailable
 from broker.state.base import (
+    ApprovalRecord,
     CredentialRecord,
     LimitResult,
     budget_key,
     credential_from_json,
     credential_to_json,
 )
+from broker.state.redis.approvals import RedisApprovals
 from broker.state.redis.config import DEFAULT_SYNC_SECONDS
 from broker.state.redis.revocations import RevocationCopy
 from broker.tasks import stop_task
@@ -172,6 +177,7 @@ class RedisStateStore:
         self._p = prefix
         self._consume = self._redis.register_script(_CONSUME)
         self._revoke = self._redis.register_script(_REVOKE)
+        self._approvals = RedisApprovals(self._redis, lambda aid: self._k("approval", aid))
         self._copy = RevocationCopy(revocations_file)
         self._sync_seconds = sync_seconds
         self._epoch: str | None = None  # the marker this process last saw or wrote
@@ -470,6 +476,32 @@ class RedisStateStore:
             pipe.delete(self._k("lease", credential_id))
             pipe.zrem(self._k("leases"), credential_id)
             await self._call(pipe.execute())
+
+    # -- approvals --------------------------------------------------------------------------
+
+    async def put_approval(self, record: ApprovalRecord) -> None:
+        """Remember a pending approval until a day after it lapses."""
+        await self._call(self._approvals.put(record))
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        """An approval, or None."""
+        return await self._call(self._approvals.get(approval_id))
+
+    async def set_approval_status(
+        self,
+        approval_id: str,
+        *,
+        expected: str,
+        status: str,
+        approver: str | None = None,
+        reason: str | None = None,
+    ) -> ApprovalRecord | None:
+        """Compare-and-set the status in one Lua script (one winner across replicas)."""
+        return await self._call(
+            self._approvals.set_status(
+                approval_id, expected=expected, status=status, approver=approver, reason=reason
+            )
+        )
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:

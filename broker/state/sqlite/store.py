@@ -35,6 +35,7 @@ import structlog
 from broker.domain import LimitCheck, UserRef
 from broker.errors import Unavailable
 from broker.state.base import (
+    APPROVAL_MEMORY_SECONDS,
     ApprovalRecord,
     CredentialRecord,
     LimitResult,
@@ -90,8 +91,6 @@ CREATE TABLE IF NOT EXISTS approvals (
 """
 
 SCHEMA_VERSION = 2
-# An approval is remembered this long after it lapses (to answer 410, not 404).
-APPROVAL_MEMORY_SECONDS = 86400
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
@@ -560,10 +559,11 @@ class SqliteStateStore:
         await self._write(put)
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
-        """An approval, or None."""
+        """An approval, or None (also once forgotten, even before `put_approval` purges it)."""
+        now = self._clock.time()
         row = self._read(
             lambda db: db.execute(
-                "SELECT body FROM approvals WHERE id = ?", (approval_id,)
+                "SELECT body FROM approvals WHERE id = ? AND forget_at > ?", (approval_id, now)
             ).fetchone()
         )
         return approval_from_json(row[0]) if row else None
@@ -577,11 +577,13 @@ class SqliteStateStore:
         approver: str | None = None,
         reason: str | None = None,
     ) -> ApprovalRecord | None:
-        """Compare-and-set the status in one transaction."""
+        """Compare-and-set the status in one transaction (a forgotten approval is unknown)."""
+        now = self._clock.time()
 
         def update(db: sqlite3.Connection) -> ApprovalRecord | None:
             row = db.execute(
-                "SELECT body FROM approvals WHERE id = ? AND status = ?", (approval_id, expected)
+                "SELECT body FROM approvals WHERE id = ? AND status = ? AND forget_at > ?",
+                (approval_id, expected, now),
             ).fetchone()
             if row is None:
                 return None
