@@ -71,6 +71,14 @@ async def env(tmp_path: Path, bao: IssuerVault) -> AsyncIterator[GatewayEnv]:
                 "upstream": f"http://127.0.0.1:{free_port()}",
                 "key": {"source": "vault", "path": KV_PATH},
                 "methods": ["POST"],
+                "budgets": [{"per": "agent", "window_seconds": 3600, "requests": 2}],
+            },
+            flaky={
+                "tool": "analytics_api",
+                "upstream": upstream.url,
+                "key": {"source": "file", "file": str(tmp_path / "flaky.key")},
+                "methods": ["POST"],
+                "budgets": [{"per": "agent", "window_seconds": 3600, "requests": 3}],
             },
         ) as running,
     ):
@@ -293,6 +301,29 @@ async def test_key_source_and_upstream_failures(env: GatewayEnv) -> None:
         async with session.post(f"{env.url}/down/v1/x", json={}, headers=headers) as response:
             assert response.status == 502
         assert (await last_request(env))["reasons"] == ["upstream_unreachable"]
+
+
+async def test_budget_is_refunded_when_nothing_was_forwarded(
+    env: GatewayEnv, tmp_path: Path
+) -> None:
+    """Key unreadable (503) or upstream refusing connections (502): no budget is spent."""
+    token = await env.credential()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with env.session() as session:
+
+        async def post(route: str) -> int:
+            async with session.post(
+                f"{env.url}/{route}/v1/chat/completions", json=MESSAGE, headers=headers
+            ) as response:
+                await response.read()
+                return response.status
+
+        assert [await post("flaky") for _ in range(4)] == [503] * 4  # budget: 3 requests
+        assert (await last_request(env))["reasons"] == ["key_unavailable"]
+        assert [await post("down") for _ in range(3)] == [502] * 3  # budget: 2 requests
+        (tmp_path / "flaky.key").write_text(env.upstream.key)  # the key source is back
+        assert [await post("flaky") for _ in range(4)] == [200, 200, 200, 429]
+    assert (await last_request(env))["reasons"] == ["budget_exhausted:requests"]
 
 
 def _payload(token: str) -> str:
