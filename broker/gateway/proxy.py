@@ -16,7 +16,10 @@ One request, in order:
    server-sent events) -> 502 unreachable or invalid upstream, 504 timeouts; the
    upstream's own status and body pass through unchanged. What step 3 consumed is
    refunded when the request fails before it could reach the upstream (steps 4 and 5, a
-   connection the upstream refused), so that an outage does not spend the budgets;
+   connection the upstream refused), so that an outage does not spend the budgets. A
+   response body that stalls beyond the idle timeout is cut: the agent's connection is
+   closed (it cannot take the truncated body as complete), the upstream's too, and the
+   request is recorded as the contract's upstream timeout (504);
 7. after the response: spend from the reported usage recorded in the budgets, and one
    `gateway.request` record (status, bytes, latency, model, usage, cost). A refused
    request gets only its `gateway.request` record, written before the refusal is sent.
@@ -116,6 +119,9 @@ class _Record:
     reasons: list[str] = field(default_factory=list)
     # Whether the request may have reached the upstream (then its budgets stay spent).
     forwarded: bool = False
+    # The upstream's status, when the agent got it but the exchange then failed (`status`
+    # is then the gateway's outcome: 502 or 504).
+    upstream_status: int | None = None
 
     def details(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -127,6 +133,8 @@ class _Record:
             "bytes_out": self.bytes_out,
             "latency_us": int((time.perf_counter() - self.started) * 1_000_000),
         }
+        if self.upstream_status is not None:
+            out["upstream_status"] = self.upstream_status
         if self.model is not None:
             out["model"] = self.model
         if self.usage is not None:
@@ -386,7 +394,10 @@ class Gateway:
                         upstream.content.readany(), self._settings.idle_timeout_seconds
                     )
                 except TimeoutError:
+                    # The agent already has the upstream's status: the record says what
+                    # became of the exchange (the contract's upstream timeout).
                     record.reasons.append("upstream_idle_timeout")
+                    record.upstream_status, record.status = record.status, GatewayTimeout.status
                     return False, b""
                 if not chunk:
                     # Read to the end (not just the last byte), so that the upstream

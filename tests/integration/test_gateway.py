@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from broker.audit.chain import verify_files
@@ -324,6 +325,36 @@ async def test_budget_is_refunded_when_nothing_was_forwarded(
         (tmp_path / "flaky.key").write_text(env.upstream.key)  # the key source is back
         assert [await post("flaky") for _ in range(4)] == [200, 200, 200, 429]
     assert (await last_request(env))["reasons"] == ["budget_exhausted:requests"]
+
+
+async def test_stream_stalling_beyond_the_idle_timeout_is_cut(
+    tmp_path: Path, bao: IssuerVault
+) -> None:
+    """An upstream silent mid-stream: both connections closed, audited as a 504 timeout."""
+    async with (
+        local_upstream(upstream_key(bao)) as upstream,
+        gateway_broker(tmp_path / "dev", bao, upstream, {"idle_timeout_seconds": 0.2}) as env,
+    ):
+        token = await env.credential()
+        async with (
+            env.session() as session,
+            session.post(
+                f"{env.url}/llm/v1/chat/stall",
+                json={**MESSAGE, "stream": True},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response,
+        ):
+            assert response.status == 200
+            assert (await response.content.readline()).startswith(b"data: ")
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(response.read(), 5)  # cut, not hanging, not complete
+        await asyncio.wait_for(upstream.dropped.wait(), 5)  # the upstream connection is closed
+        record = await last_request(env)
+    assert record["decision"] == "allow"
+    assert record["reasons"] == ["upstream_idle_timeout"]
+    assert record["gateway"]["status"] == 504
+    assert record["gateway"]["upstream_status"] == 200
+    assert record["gateway"]["bytes_out"] > 0
 
 
 def _payload(token: str) -> str:
