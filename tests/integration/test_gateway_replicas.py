@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from broker.audit.chain import verify_files
 from broker.dev.trust_domain import DevTrustDomain
 from tests.support import leaks
@@ -34,7 +36,7 @@ async def replica(
         name=f"config-{name}.yaml",
         overrides={
             "state": {"backend": "redis", "url": redis.url, "key_prefix": prefix, "path": None},
-            "audit": {"path": f"audit-{name}.log", "chain_id": name},
+            "audit": {"path": f"audit.log.{name}", "chain_id": name},
             # One issuer and one key set for all replicas (a shared Kubernetes Secret).
             "jwt_issuer": {"issuer": "https://broker.example.org", "auto_rotate": False},
         },
@@ -48,6 +50,13 @@ async def replica(
     )
     async with serve_gateway(td, settings, upstream) as env:
         yield env
+
+
+@pytest.fixture
+def td(tmp_path: Path) -> DevTrustDomain:
+    """The replicas' trust domain (their audit chains `audit.log.NAME`, scanned for leaks)."""
+    leaks.remember(KEY)
+    return gateway_trust_domain(tmp_path / "dev")
 
 
 async def call(env: GatewayEnv, token: str) -> int:
@@ -66,11 +75,9 @@ async def call(env: GatewayEnv, token: str) -> int:
 
 
 async def test_request_budget_holds_across_replicas_and_a_restart(
-    tmp_path: Path, redis: RedisServer
+    td: DevTrustDomain, redis: RedisServer
 ) -> None:
     """N per window, 2N calls over two replicas: N forwarded, N audited 429s; a restart keeps it."""
-    leaks.remember(KEY)
-    td = gateway_trust_domain(tmp_path / "dev")
     prefix = f"gw{secrets.token_hex(3)}:"
     async with local_upstream(KEY) as upstream:
         async with (
@@ -101,5 +108,27 @@ async def test_request_budget_holds_across_replicas_and_a_restart(
             ]
     assert len(upstream.seen) == BUDGET
     for name in ("a", "b"):
-        result = verify_files([td.root / f"audit-{name}.log"])
+        result = verify_files([td.root / f"audit.log.{name}"])
         assert result.ok, result.message
+
+
+async def test_audit_sink_down_on_one_replica_spends_no_budget(
+    td: DevTrustDomain, redis: RedisServer
+) -> None:
+    """Replica b cannot write its pre-forward audit record: 503s that leave the budget whole."""
+    prefix = f"gw{secrets.token_hex(3)}:"
+    full = td.root / "audit.log.b"
+    full.symlink_to("/dev/full")  # every write of b's audit sink fails: a full disk
+    try:
+        async with (
+            local_upstream(KEY) as upstream,
+            replica(td, upstream, redis, prefix, "a") as a,
+            replica(td, upstream, redis, prefix, "b") as b,
+        ):
+            token = await a.credential()
+            assert [await call(b, token) for _ in range(BUDGET)] == [503] * BUDGET
+            assert len(upstream.seen) == 0
+            assert [await call(a, token) for _ in range(BUDGET + 1)] == [200] * BUDGET + [429]
+            assert len(upstream.seen) == BUDGET
+    finally:
+        full.unlink()
