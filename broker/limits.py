@@ -4,19 +4,22 @@ The policy only declares which limits apply (each allowing rule's `rate_limits` 
 `budgets`, carried on its `ToolGrant`); this step binds them to the request's agent, user
 and tool, and consumes them atomically in the shared state store (all or none), so that
 "60 per user per minute" holds across replicas. What a failed issuance consumed is
-refunded.
+refunded (`refund`, shared with the gateway's budgets).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
+
+import structlog
 
 from broker.domain import Decision, LimitCheck, RequestContext
 from broker.errors import Unavailable
 from broker.typing import StateStore
 
-__all__ = ["Consumed", "LimitRefusal", "Limits", "limit_checks"]
+__all__ = ["Consumed", "LimitRefusal", "Limits", "limit_checks", "refund"]
+
+log = structlog.get_logger(__name__)
 
 NO_USER = "-"
 
@@ -94,6 +97,29 @@ class Limits:
 
     async def refund(self, consumed: Consumed) -> None:
         """Give back what `consume` took (best effort: a lost refund only over-counts)."""
-        if consumed.checks:
-            with contextlib.suppress(Unavailable):
-                await self._state.refund_limits(consumed.checks, consumed.member, consumed.at)
+        await refund(self._state, consumed)
+
+
+async def refund(state: StateStore, consumed: Consumed) -> bool:
+    """Give back what a request consumed, when it did not go ahead after all.
+
+    Best effort: a lost refund only over-counts (the request failed either way), so a
+    failing state store is logged (the request's id and the limits' kinds, never a value
+    of the request), not raised.
+
+    Returns:
+        Whether the refund was recorded.
+    """
+    if not consumed.checks:
+        return True
+    try:
+        await state.refund_limits(consumed.checks, consumed.member, consumed.at)
+    except Unavailable as exc:
+        log.warning(
+            "limits not refunded: the state store failed",
+            member=consumed.member,
+            kinds=sorted({check.kind for check in consumed.checks}),
+            error=exc.detail,
+        )
+        return False
+    return True

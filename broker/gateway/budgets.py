@@ -11,6 +11,9 @@ replicas in Redis, durable in SQLite), so they hold across replicas and restarts
   the last request of a window may overrun it by its own cost, and concurrent requests
   admitted together by theirs. The next request is then refused (429, Retry-After until
   the window ends).
+- Refund: a request admitted but then not forwarded (key source or audit sink down, the
+  upstream refusing the connection) gets back what its admission took, so that an outage
+  does not spend the agents' budgets.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 from broker.domain import LimitCheck, UserRef
 from broker.gateway.config import BudgetSettings, RouteSettings
+from broker.limits import Consumed, refund
 from broker.typing import StateStore
 
 __all__ = ["BudgetRefusal", "Budgets", "Usage"]
@@ -57,8 +61,12 @@ class Budgets:
 
     async def admit(
         self, route: RouteSettings, agent: str, user: UserRef | None, member: str, now: float
-    ) -> BudgetRefusal | None:
+    ) -> tuple[Consumed, BudgetRefusal | None]:
         """Count the request against every request budget, and check every spend budget.
+
+        Returns:
+            What was consumed (for `refund`), and the refusal when a budget is exhausted
+            (then nothing was consumed).
 
         Raises:
             Unavailable: The state store failed (nothing consumed).
@@ -73,12 +81,24 @@ class Budgets:
                 key = _key(route, budget, kind, agent, who)
                 kinds[key] = kind
                 checks.append(LimitCheck("gateway", "budget", key, limit, budget.window_seconds))
+        consumed = Consumed(tuple(checks), member, now)
         if not checks:
-            return None
+            return consumed, None
         result = await self._state.consume_limits(checks, member, now)
         if result.allowed:
-            return None
-        return BudgetRefusal(kinds.get(result.key or "", "requests"), result.retry_after)
+            return consumed, None
+        refusal = BudgetRefusal(kinds.get(result.key or "", "requests"), result.retry_after)
+        return Consumed((), member, now), refusal
+
+    async def refund(self, consumed: Consumed) -> bool:
+        """Give back what `admit` took, for a request that was not forwarded after all.
+
+        Never raises: a failing state store is logged (the budgets then over-count).
+
+        Returns:
+            Whether the refund was recorded.
+        """
+        return await refund(self._state, consumed)
 
     async def record_spend(
         self,

@@ -14,7 +14,12 @@ One request, in order:
 6. forwarded with aiohttp's client (bounded keep-alive pool): the agent's credential and
    hop-by-hop headers stripped, the real key added, bodies streamed both ways (chunked,
    server-sent events) -> 502 unreachable or invalid upstream, 504 timeouts; the
-   upstream's own status and body pass through unchanged;
+   upstream's own status and body pass through unchanged. What step 3 consumed is
+   refunded when the request fails before it could reach the upstream (steps 4 and 5, a
+   connection the upstream refused), so that an outage does not spend the budgets. A
+   response body that stalls beyond the idle timeout is cut: the agent's connection is
+   closed (it cannot take the truncated body as complete), the upstream's too, and the
+   request is recorded as the contract's upstream timeout (504);
 7. after the response: spend from the reported usage recorded in the budgets, and one
    `gateway.request` record (status, bytes, latency, model, usage, cost). A refused
    request gets only its `gateway.request` record, written before the refusal is sent.
@@ -112,6 +117,11 @@ class _Record:
     usage: Usage | None = None
     cost: int | None = None
     reasons: list[str] = field(default_factory=list)
+    # Whether the request may have reached the upstream (then its budgets stay spent).
+    forwarded: bool = False
+    # The upstream's status, when the agent got it but the exchange then failed (`status`
+    # is then the gateway's outcome: 502 or 504).
+    upstream_status: int | None = None
 
     def details(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -123,6 +133,8 @@ class _Record:
             "bytes_out": self.bytes_out,
             "latency_us": int((time.perf_counter() - self.started) * 1_000_000),
         }
+        if self.upstream_status is not None:
+            out["upstream_status"] = self.upstream_status
         if self.model is not None:
             out["model"] = self.model
         if self.usage is not None:
@@ -222,7 +234,7 @@ class Gateway:
             record.reasons.append("body_too_large")
             raise PayloadTooLarge("the request body is too large")
         caller = record.caller
-        exhausted = await self._budgets.admit(
+        consumed, exhausted = await self._budgets.admit(
             route, caller.agent, caller.user, record.request_id, self._clock.time()
         )
         if exhausted is not None:
@@ -233,16 +245,21 @@ class Gateway:
                 decision_id=record.request_id,
                 reasons=["budget_exhausted"],
             )
-        key = await self._keys[route.name].key()
-        await self._write(request, record, "gateway.forwarding", "allow")
-        return await self._forward(
-            request=request,
-            record=record,
-            route=route,
-            raw_rest=raw_rest,
-            body=body,
-            key=key.reveal(),
-        )
+        try:
+            key = await self._keys[route.name].key()
+            await self._write(request, record, "gateway.forwarding", "allow")
+            return await self._forward(
+                request=request,
+                record=record,
+                route=route,
+                raw_rest=raw_rest,
+                body=body,
+                key=key.reveal(),
+            )
+        except BaseException:
+            if not record.forwarded:
+                await self._budgets.refund(consumed)  # a failed refund is logged, not raised
+            raise
 
     async def _forward(
         self,
@@ -279,6 +296,7 @@ class Gateway:
             data = self._stream_in(request, record)
         else:
             data = None
+        record.forwarded = True
         try:
             async with asyncio.timeout(self._first_byte):
                 upstream = await self._session.request(
@@ -291,13 +309,17 @@ class Gateway:
                     allow_redirects=False,
                     auto_decompress=False,
                 )
-        except TimeoutError:
+        except TimeoutError as exc:
+            record.forwarded = not isinstance(exc, aiohttp.ConnectionTimeoutError)
             record.reasons.append("upstream_timeout")
             raise GatewayTimeout("the upstream did not answer in time") from None
         except PayloadTooLarge:
             record.reasons.append("body_too_large")
             raise
-        except (aiohttp.ClientError, OSError):
+        except (aiohttp.ClientError, OSError) as exc:
+            # A connection that could not be made (refused, DNS, TLS handshake) carried
+            # nothing of the request.
+            record.forwarded = not isinstance(exc, aiohttp.ClientConnectorError)
             record.reasons.append("upstream_unreachable")
             raise BadGateway("the upstream is unreachable or answered invalidly") from None
         try:
@@ -372,7 +394,10 @@ class Gateway:
                         upstream.content.readany(), self._settings.idle_timeout_seconds
                     )
                 except TimeoutError:
+                    # The agent already has the upstream's status: the record says what
+                    # became of the exchange (the contract's upstream timeout).
                     record.reasons.append("upstream_idle_timeout")
+                    record.upstream_status, record.status = record.status, GatewayTimeout.status
                     return False, b""
                 if not chunk:
                     # Read to the end (not just the last byte), so that the upstream

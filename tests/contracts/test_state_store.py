@@ -205,6 +205,21 @@ async def test_fixed_window_budget_and_refund(store: StateStore) -> None:
     assert (await store.consume_limits([rate_check], "y", start)).allowed
 
 
+async def test_refund_never_gives_more_than_was_taken(store: StateStore) -> None:
+    """Refunding twice, or what was never consumed, admits no more than the limit."""
+    now = (int(time.time()) // 3600) * 3600 + 100.0
+    check = budget("b-over", 2)
+    await store.refund_limits([check, rate("r-over", 1)], "never-consumed", now)
+    assert (await store.consume_limits([check], "a", now)).allowed
+    await store.refund_limits([check], "a", now)
+    await store.refund_limits([check], "a", now)
+    for member in ("b", "c"):
+        assert (await store.consume_limits([check], member, now)).allowed
+    assert not (await store.consume_limits([check], "d", now)).allowed
+    assert (await store.consume_limits([rate("r-over", 1)], "e", now)).allowed
+    assert not (await store.consume_limits([rate("r-over", 1)], "f", now)).allowed
+
+
 async def test_first_use_detects_replays(store: StateStore, clock: ManualClock) -> None:
     """A key is new once; after its expiry it is new again."""
     assert await store.first_use("jti-1", time.time() + 0.5)
@@ -266,6 +281,7 @@ async def test_redis_keys_all_expire(redis: RedisServer, clock: ManualClock) -> 
     await store.put_credentials([record(clock, "c1"), record(clock, "l1", lease="db/creds/r/1")])
     await store.revoke_agent("spiffe://example.org/agent/x", now + 100)
     await store.consume_limits([rate("k", 5), budget("b", 5)], "m", now)
+    await store.refund_limits([budget("refunded-unconsumed", 5)], "m", now)
     await store.first_use("j", now + 100)
     await store.put_approval(approval(clock))
     await store.set_approval_status("a1", expected="pending", status="approved")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from broker.audit.chain import verify_files
@@ -71,6 +72,14 @@ async def env(tmp_path: Path, bao: IssuerVault) -> AsyncIterator[GatewayEnv]:
                 "upstream": f"http://127.0.0.1:{free_port()}",
                 "key": {"source": "vault", "path": KV_PATH},
                 "methods": ["POST"],
+                "budgets": [{"per": "agent", "window_seconds": 3600, "requests": 2}],
+            },
+            flaky={
+                "tool": "analytics_api",
+                "upstream": upstream.url,
+                "key": {"source": "file", "file": str(tmp_path / "flaky.key")},
+                "methods": ["POST"],
+                "budgets": [{"per": "agent", "window_seconds": 3600, "requests": 3}],
             },
         ) as running,
     ):
@@ -293,6 +302,59 @@ async def test_key_source_and_upstream_failures(env: GatewayEnv) -> None:
         async with session.post(f"{env.url}/down/v1/x", json={}, headers=headers) as response:
             assert response.status == 502
         assert (await last_request(env))["reasons"] == ["upstream_unreachable"]
+
+
+async def test_budget_is_refunded_when_nothing_was_forwarded(
+    env: GatewayEnv, tmp_path: Path
+) -> None:
+    """Key unreadable (503) or upstream refusing connections (502): no budget is spent."""
+    token = await env.credential()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with env.session() as session:
+
+        async def post(route: str) -> int:
+            async with session.post(
+                f"{env.url}/{route}/v1/chat/completions", json=MESSAGE, headers=headers
+            ) as response:
+                await response.read()
+                return response.status
+
+        assert [await post("flaky") for _ in range(4)] == [503] * 4  # budget: 3 requests
+        assert (await last_request(env))["reasons"] == ["key_unavailable"]
+        assert [await post("down") for _ in range(3)] == [502] * 3  # budget: 2 requests
+        (tmp_path / "flaky.key").write_text(env.upstream.key)  # the key source is back
+        assert [await post("flaky") for _ in range(4)] == [200, 200, 200, 429]
+    assert (await last_request(env))["reasons"] == ["budget_exhausted:requests"]
+
+
+async def test_stream_stalling_beyond_the_idle_timeout_is_cut(
+    tmp_path: Path, bao: IssuerVault
+) -> None:
+    """An upstream silent mid-stream: both connections closed, audited as a 504 timeout."""
+    async with (
+        local_upstream(upstream_key(bao)) as upstream,
+        gateway_broker(tmp_path / "dev", bao, upstream, {"idle_timeout_seconds": 0.2}) as env,
+    ):
+        token = await env.credential()
+        async with (
+            env.session() as session,
+            session.post(
+                f"{env.url}/llm/v1/chat/stall",
+                json={**MESSAGE, "stream": True},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response,
+        ):
+            assert response.status == 200
+            assert (await response.content.readline()).startswith(b"data: ")
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(response.read(), 5)  # cut, not hanging, not complete
+        await asyncio.wait_for(upstream.dropped.wait(), 5)  # the upstream connection is closed
+        record = await last_request(env)
+    assert record["decision"] == "allow"
+    assert record["reasons"] == ["upstream_idle_timeout"]
+    assert record["gateway"]["status"] == 504
+    assert record["gateway"]["upstream_status"] == 200
+    assert record["gateway"]["bytes_out"] > 0
 
 
 def _payload(token: str) -> str:

@@ -3,6 +3,7 @@
 It answers only requests carrying its key (`Authorization: Bearer` or `x-api-key`), keeps
 what it saw (to prove the agent's credential never reached it), and holds a streamed
 response after its first event until the test releases it (to prove the gateway streams).
+A path ending in `/stall` streams one event and then nothing, until the client goes away.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Upstream:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     hold: bool = False  # streamed responses wait for `release` after the first event
     got_first: asyncio.Event = field(default_factory=asyncio.Event)  # an upload's first bytes
+    dropped: asyncio.Event = field(default_factory=asyncio.Event)  # a stalled stream was closed
 
 
 def _authorized(upstream: Upstream, request: web.Request) -> bool:
@@ -47,6 +49,20 @@ async def _sse(request: web.Request, upstream: Upstream, events: list[str]) -> w
             await asyncio.wait_for(upstream.release.wait(), 10)
     await response.write_eof()
     upstream.finished.set()
+    return response
+
+
+async def _stall(request: web.Request, upstream: Upstream, first: str) -> web.StreamResponse:
+    """Send the first event, then nothing, until the client closes the connection (10 s)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(first.encode())
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline:
+        if request.transport is None or request.transport.is_closing():
+            upstream.dropped.set()
+            break
+        await asyncio.sleep(0.01)
     return response
 
 
@@ -146,6 +162,8 @@ def upstream_app(upstream: Upstream) -> web.Application:
         builder = _anthropic if request.path.endswith("/messages") else _openai
         answer = builder(str(body.get("model")), bool(body.get("stream")))
         if isinstance(answer, list):
+            if request.path.endswith("/stall"):
+                return await _stall(request, upstream, answer[0])
             return await _sse(request, upstream, answer)
         upstream.finished.set()
         return web.json_response(answer, headers={"X-Upstream": "yes"})

@@ -108,6 +108,28 @@ end
 return {0, '0'}
 """
 
+# ARGV: member, then per key: kind, cost. A budget counter is decremented only while it
+# exists, and never below zero: a refund gives back what was taken, never more (a counter
+# created by a refund would have no expiry, and would admit beyond the limit).
+_REFUND = """
+local member = ARGV[1]
+for i = 1, #KEYS do
+  local kind = ARGV[2 + (i - 1) * 2]
+  local cost = tonumber(ARGV[3 + (i - 1) * 2])
+  if kind == 'rate' then
+    for j = 1, cost do
+      redis.call('ZREM', KEYS[i], member .. ':' .. j)
+    end
+  else
+    local count = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if count > 0 then
+      redis.call('DECRBY', KEYS[i], math.min(cost, count))
+    end
+  end
+end
+return 0
+"""
+
 _REVOKE = """
 local value = redis.call('GET', KEYS[1])
 if not value then return false end
@@ -176,6 +198,7 @@ class RedisStateStore:
         self._clock = clock
         self._p = prefix
         self._consume = self._redis.register_script(_CONSUME)
+        self._refund = self._redis.register_script(_REFUND)
         self._revoke = self._redis.register_script(_REVOKE)
         self._approvals = RedisApprovals(self._redis, lambda aid: self._k("approval", aid))
         self._copy = RevocationCopy(revocations_file)
@@ -434,18 +457,19 @@ class RedisStateStore:
         )
 
     async def refund_limits(self, checks: Sequence[LimitCheck], member: str, now: float) -> None:
-        """Give back what `member` consumed."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for check in checks:
-                if check.kind == "rate":
-                    pipe.zrem(
-                        self._k("rate", check.key),
-                        *[f"{member}:{j}" for j in range(1, check.cost + 1)],
-                    )
-                else:
-                    bucket, _ = budget_key(check, now)
-                    pipe.decrby(self._k("budget", bucket), check.cost)
-            await self._call(pipe.execute())
+        """Give back what `member` consumed (one Lua script: atomic, never below zero)."""
+        if not checks:
+            return
+        keys: list[str] = []
+        args: list[str | int] = [member]
+        for check in checks:
+            if check.kind == "rate":
+                keys.append(self._k("rate", check.key))
+            else:
+                bucket, _ = budget_key(check, now)
+                keys.append(self._k("budget", bucket))
+            args += [check.kind, check.cost]
+        await self._call(self._refund(keys=keys, args=args))
 
     async def first_use(self, key: str, until: float) -> bool:
         """Record `key` (SET NX); False if it was already there."""

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from broker.domain import UserRef
 from broker.gateway.budgets import Budgets
@@ -61,14 +62,16 @@ async def test_request_budget_per_user(store: StateStore, clock: ManualClock) ->
     budgets = Budgets(store)
     limited = route(BudgetSettings("user", 60, requests=2))
     now = clock.time()
-    assert await budgets.admit(limited, AGENT, USER, "r1", now) is None
-    assert await budgets.admit(limited, AGENT, USER, "r2", now) is None
-    refusal = await budgets.admit(limited, AGENT, USER, "r3", now)
+    assert (await budgets.admit(limited, AGENT, USER, "r1", now))[1] is None
+    assert (await budgets.admit(limited, AGENT, USER, "r2", now))[1] is None
+    refused, refusal = await budgets.admit(limited, AGENT, USER, "r3", now)
     assert refusal is not None
     assert refusal.kind == "requests"
     assert 1 <= refusal.retry_after <= 60
-    assert await budgets.admit(limited, AGENT, UserRef("https://idp", "bob"), "r4", now) is None
-    assert await budgets.admit(limited, AGENT, USER, "r5", now + 61) is None
+    assert refused.checks == ()  # a refused request consumed nothing: nothing to refund
+    bob = UserRef("https://idp", "bob")
+    assert (await budgets.admit(limited, AGENT, bob, "r4", now))[1] is None
+    assert (await budgets.admit(limited, AGENT, USER, "r5", now + 61))[1] is None
 
 
 async def test_spend_budget_refuses_once_spent(store: StateStore, clock: ManualClock) -> None:
@@ -76,14 +79,51 @@ async def test_spend_budget_refuses_once_spent(store: StateStore, clock: ManualC
     budgets = Budgets(store)
     metered = route(BudgetSettings("agent", 3600, spend_micros=1000))
     now = clock.time()
-    assert await budgets.admit(metered, AGENT, None, "r1", now) is None
+    assert (await budgets.admit(metered, AGENT, None, "r1", now))[1] is None
     await budgets.record_spend(
         route=metered, agent=AGENT, user=None, member="r1", cost=1500, now=now
     )
-    refusal = await budgets.admit(metered, AGENT, None, "r2", now)
+    _, refusal = await budgets.admit(metered, AGENT, None, "r2", now)
     assert refusal is not None
     assert refusal.kind == "spend"
-    assert await budgets.admit(metered, "spiffe://example.org/agent/b", None, "r3", now) is None
+    other = "spiffe://example.org/agent/b"
+    assert (await budgets.admit(metered, other, None, "r3", now))[1] is None
+
+
+async def test_refund_gives_back_every_budget(store: StateStore, clock: ManualClock) -> None:
+    """A refunded admission (request and reserved spend) leaves the budgets as they were."""
+    budgets = Budgets(store)
+    both = route(
+        BudgetSettings("agent", 3600, requests=1), BudgetSettings("route", 60, spend_micros=1)
+    )
+    now = clock.time()
+    consumed, refusal = await budgets.admit(both, AGENT, None, "r1", now)
+    assert refusal is None
+    assert await budgets.refund(consumed)
+    assert await budgets.refund(consumed)  # a second refund never creates credit
+    assert (await budgets.admit(both, AGENT, None, "r2", now))[1] is None
+    assert (await budgets.admit(both, AGENT, None, "r3", now))[1] is not None
+
+
+async def test_failed_refund_is_logged_not_raised(tmp_path: Path, clock: ManualClock) -> None:
+    """The state store failing under a refund: False and a warning, never an exception."""
+    store = SqliteStateStore(tmp_path / "s.db", clock)
+    await store.start()
+    budgets = Budgets(store)
+    consumed, _ = await budgets.admit(
+        route(BudgetSettings("agent", 60, requests=5)), AGENT, USER, "r1", clock.time()
+    )
+    db = store._db
+    assert db is not None
+    db.close()  # SQLite itself now refuses every statement
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert await budgets.refund(consumed) is False
+    finally:
+        await store.close()
+    warning = next(e for e in logs if e["event"].startswith("limits not refunded"))
+    assert warning["member"] == "r1"
+    assert "alice" not in repr(warning)
 
 
 async def test_spend_survives_a_restart(tmp_path: Path, clock: ManualClock) -> None:
@@ -98,6 +138,7 @@ async def test_spend_survives_a_restart(tmp_path: Path, clock: ManualClock) -> N
     second = SqliteStateStore(tmp_path / "s.db", clock)
     await second.start()
     try:
-        assert await Budgets(second).admit(metered, AGENT, None, "r2", clock.time()) is not None
+        _, refusal = await Budgets(second).admit(metered, AGENT, None, "r2", clock.time())
+        assert refusal is not None
     finally:
         await second.close()
