@@ -91,9 +91,23 @@ async def _measure(config: Path, path: str, domain: object, args: argparse.Names
             stats.sort_stats("tottime").print_stats(args.profile)
             return ""
         rounds = [await _round(call, args.requests, args.concurrency) for _ in range(args.repeat)]
+        stages = _stage_means(runtime)
     cpu = min(r[0] for r in rounds) / args.requests * 1e6
     wall = min(r[1] for r in rounds) / args.requests * 1e6
-    return f"  {path:9} {cpu:6.0f} us CPU  {wall:6.0f} us wall  ({1e6 / wall:,.0f}/s)"
+    return f"  {path:9} {cpu:6.0f} us CPU  {wall:6.0f} us wall  ({1e6 / wall:,.0f}/s)  {stages}"
+
+
+def _stage_means(runtime: Runtime) -> str:
+    """Mean time inside each pipeline step (`broker_stage_duration_seconds`), warm-up included.
+
+    A step's time includes its awaits (the audit step waits for the group commit).
+    """
+    means = []
+    for family in runtime.pipeline.metrics.stages.collect():
+        counts = {s.labels["stage"]: s.value for s in family.samples if s.name.endswith("_count")}
+        sums = {s.labels["stage"]: s.value for s in family.samples if s.name.endswith("_sum")}
+        means = [f"{stage} {sums[stage] / n * 1e6:.0f}" for stage, n in counts.items() if n]
+    return "steps (us): " + ", ".join(means)
 
 
 def main(argv: list[str] | None = None) -> int:
