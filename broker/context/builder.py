@@ -120,7 +120,10 @@ class ContextBuilder:
                     f"actor_token names {actor.spiffe_id}, not the authenticated agent",
                 )
         token = request.subject_token.reveal()
-        if self.is_broker_token(token):
+        delegated = request.delegated
+        if delegated is None:
+            delegated = self.is_broker_token(token)
+        if delegated:
             return await self._delegated(caller, token, request, request_id, remote)
         ctx, rejection = await self.for_credentials(
             caller,

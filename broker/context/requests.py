@@ -28,3 +28,6 @@ class ExchangeRequest:
     tool: str
     scopes: tuple[str, ...] | None = None
     actor_token: Secret | None = None
+    # Whether the subject token is this broker's own (a narrowing); None: not yet known,
+    # the context builder then reads its unverified `iss` (the handler already has).
+    delegated: bool | None = None

@@ -86,7 +86,7 @@ class UserTokenVerifier:
         """
         self._issuers = {i.issuer: i for i in issuers}
         self._clock = clock
-        self._verified: VerifiedCache[_Verified] = VerifiedCache()
+        self._accepted: VerifiedCache[_Accepted] = VerifiedCache()
         self.verifications = 0
         self._key_sets: dict[str, KeySet] = dict(key_sets or {})
         for issuer in issuers:
@@ -118,36 +118,45 @@ class UserTokenVerifier:
         if not token or len(token) > MAX_TOKEN_BYTES:
             raise UserTokenRejected("user_token_invalid", "user token is empty or too large")
         now = self._clock.time()
-        claims, config = await self._signed_claims(token, now)
-        try:
-            check_time_claims(claims, now=now, leeway=config.leeway_seconds)
-        except JoseError as exc:
-            code = "user_token_expired" if "expired" in str(exc) else "user_token_invalid"
-            raise UserTokenRejected(code, f"user token: {exc}") from None
-        try:
-            check_audience(claims, config.audience)
-        except JoseError as exc:
-            raise UserTokenRejected("user_token_wrong_audience", f"user token: {exc}") from None
-        return _accepted(claims, config, actor)
-
-    async def _signed_claims(
-        self, token: str, now: float
-    ) -> tuple[Mapping[str, object], UserTokenIssuer]:
-        """The claims a trusted issuer signed, verified once and then remembered.
-
-        A user's token rides along on every request of that user's session. A signature
-        that verified is remembered by the token's digest until the token expires, and
-        reused only while the key that verified it is still the issuer's key for its
-        `kid` (a key set refresh or rotation forgets it; a token without `kid` is not
-        remembered). Time, audience and `may_act` are checked on every request.
-        """
         digest = hashlib.sha256(token.encode()).digest()
-        remembered = self._verified.get(digest, now)
-        if remembered is not None:
-            keys = await self._issuer_keys(remembered.config, remembered.kid)
-            if keys.get(remembered.kid) is remembered.key:
-                return remembered.claims, remembered.config
-            self._verified.forget(digest)
+        remembered = await self._remembered(digest, now)
+        if remembered is None:
+            remembered = await self._verified(token, now)
+            exp = remembered.claims.get("exp")
+            if remembered.kid is not None and isinstance(exp, int | float):
+                self._accepted.put(
+                    digest,
+                    remembered,
+                    expires_at=float(exp) + remembered.config.leeway_seconds,
+                    now=now,
+                )
+        else:
+            _check_time(remembered.claims, remembered.config, now)
+        if actor is not None:
+            check_may_act(remembered.claims.get("may_act"), actor, what="user token")
+        return remembered.user
+
+    async def _remembered(self, digest: bytes, now: float) -> _Accepted | None:
+        """A token accepted before, while the key that verified it is still its issuer's.
+
+        A user's token rides along on every request of that user's session. What does
+        not change for a given token (its signature, issuer, audience and user context)
+        is remembered by the token's digest until it expires, and reused only while the
+        key that verified it is still the issuer's key for its `kid` (a key set refresh or
+        rotation forgets it; a token without `kid` is not remembered). Its time and
+        `may_act` are checked on every request.
+        """
+        remembered = self._accepted.get(digest, now)
+        if remembered is None:
+            return None
+        keys = await self._issuer_keys(remembered.config, remembered.kid)
+        if remembered.kid is not None and keys.get(remembered.kid) is remembered.key:
+            return remembered
+        self._accepted.forget(digest)
+        return None
+
+    async def _verified(self, token: str, now: float) -> _Accepted:
+        """Parse, route by issuer, verify the signature, then time, audience and claims."""
         try:
             parsed = parse_jwt(
                 token, allowed_algorithms=_ANY_ASYMMETRIC, allowed_types=USER_TOKEN_TYPES
@@ -177,15 +186,17 @@ class UserTokenVerifier:
             claims = verify_with_keys(parsed, kid, alg, keys, where="the issuer's key set")
         except JoseError as exc:
             raise UserTokenRejected("user_token_invalid", f"user token: {exc}") from None
-        exp = claims.get("exp")
-        if isinstance(kid, str) and isinstance(exp, int | float):
-            self._verified.put(
-                digest,
-                _Verified(claims, config, kid, keys[kid]),
-                expires_at=float(exp) + config.leeway_seconds,
-                now=now,
-            )
-        return claims, config
+        _check_time(claims, config, now)
+        try:
+            check_audience(claims, config.audience)
+        except JoseError as exc:
+            raise UserTokenRejected("user_token_wrong_audience", f"user token: {exc}") from None
+        if claims.get("iss") != config.issuer:
+            raise UserTokenRejected("user_token_issuer_untrusted", "user token issuer mismatch")
+        key = keys.get(kid) if isinstance(kid, str) else None
+        return _Accepted(
+            claims, _user_context(claims, config), config, kid if key is not None else None, key
+        )
 
     async def _issuer_keys(self, config: UserTokenIssuer, kid: str | None) -> Mapping[str, object]:
         try:
@@ -197,13 +208,22 @@ class UserTokenVerifier:
 
 
 @dataclass(frozen=True, slots=True)
-class _Verified:
-    """A user token whose signature verified, and the key that verified it."""
+class _Accepted:
+    """A user token that verified, what it says, and the key that verified it."""
 
     claims: Mapping[str, object]
+    user: UserContext
     config: UserTokenIssuer
-    kid: str
+    kid: str | None
     key: object
+
+
+def _check_time(claims: Mapping[str, object], config: UserTokenIssuer, now: float) -> None:
+    try:
+        check_time_claims(claims, now=now, leeway=config.leeway_seconds)
+    except JoseError as exc:
+        code = "user_token_expired" if "expired" in str(exc) else "user_token_invalid"
+        raise UserTokenRejected(code, f"user token: {exc}") from None
 
 
 def _key_set(issuer: UserTokenIssuer, clock: Clock) -> KeySet:
@@ -216,17 +236,6 @@ def _key_set(issuer: UserTokenIssuer, clock: Clock) -> KeySet:
         )
     assert issuer.jwks_file is not None  # guaranteed by the settings loader
     return FileKeySet(issuer.jwks_file, clock)
-
-
-def _accepted(
-    claims: Mapping[str, object], config: UserTokenIssuer, actor: str | None
-) -> UserContext:
-    """The last checks of verified, current claims for the audience, and the context."""
-    if claims.get("iss") != config.issuer:
-        raise UserTokenRejected("user_token_issuer_untrusted", "user token issuer mismatch")
-    if actor is not None:
-        check_may_act(claims.get("may_act"), actor, what="user token")
-    return _user_context(claims, config)
 
 
 def _user_context(claims: Mapping[str, object], config: UserTokenIssuer) -> UserContext:

@@ -121,3 +121,47 @@ async def test_the_listener_refuses_renegotiation(broker: DevBroker) -> None:
     """A connection's client certificate cannot change under it: renegotiation is off."""
     context = broker.running.runtime.tls.context
     assert context.options & ssl.OP_NO_RENEGOTIATION
+
+
+async def test_an_exchange_reads_its_subject_token_once_and_verifies_it_once(
+    broker: DevBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten exchanges of one user token: one signature check, one routing read per request."""
+    from urllib.parse import urlencode
+
+    import broker.context.builder as builder_module
+    import broker.web.handlers.oauth as oauth_module
+    from broker import jose
+
+    user_token = broker.user_token("alice")
+    form = urlencode(
+        {
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": user_token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "audience": "customer_data_api",
+        }
+    )
+    routing_reads: list[int] = []
+    real = jose.unverified_claims
+
+    def counting(token: str) -> dict[str, object]:
+        if token == user_token:
+            routing_reads.append(1)
+        return real(token)
+
+    monkeypatch.setattr(builder_module, "unverified_claims", counting)
+    monkeypatch.setattr(oauth_module, "unverified_claims", counting, raising=False)
+    verifier = broker.running.runtime.pipeline.context._user_tokens
+    before = verifier.verifications
+    claims = broker.agent("claims")
+    for _ in range(10):
+        response = await claims.request(
+            "POST",
+            "/v1/token",
+            data=form,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status == 200, response.body
+    assert verifier.verifications - before == 1
+    assert len(routing_reads) == 10

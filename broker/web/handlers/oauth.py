@@ -117,8 +117,11 @@ async def client_of(request: web.Request, form: dict[str, str]) -> Caller:
     return caller
 
 
-def _subject(form: dict[str, str], request: web.Request) -> str:
-    """The subject token, refused if it is not of the declared `subject_token_type`."""
+def _subject(form: dict[str, str], request: web.Request) -> tuple[str, bool]:
+    """The subject token and whether it is this broker's own (by its declared type).
+
+    Refused if it is not of the declared `subject_token_type`.
+    """
     subject = _required(form, "subject_token")
     declared = _required(form, "subject_token_type")
     if declared not in SUBJECT_TYPES:
@@ -140,7 +143,7 @@ def _subject(form: dict[str, str], request: web.Request) -> str:
             f"an access token of this broker is exchanged as subject_token_type "
             f"{ACCESS_TOKEN_TYPE}",
         )
-    return subject
+    return subject, ours
 
 
 def _oauth_code(reasons: list[str]) -> str:
@@ -162,7 +165,7 @@ async def token(request: web.Request) -> web.Response:
     grant_type = _required(form, "grant_type")
     if grant_type != TOKEN_EXCHANGE:
         raise OAuthError("unsupported_grant_type", f"grant_type {grant_type!r} is not supported")
-    subject = _subject(form, request)
+    subject, delegated = _subject(form, request)
     actor = form.get("actor_token") or None
     if actor is not None and form.get("actor_token_type") != JWT_TYPE:
         raise OAuthError("invalid_request", f"actor_token_type must be {JWT_TYPE}")
@@ -177,6 +180,7 @@ async def token(request: web.Request) -> web.Response:
         tool=_target(form, request),
         scopes=tuple(scope.split()) if scope else None,
         actor_token=Secret(actor) if actor else None,
+        delegated=delegated,
     )
     try:
         issued = await request.app[PIPELINE].exchange(
