@@ -42,13 +42,17 @@ CHECKPOINT_EVENT = "audit.checkpoint"
 ROTATED_EVENT = "audit.rotated"
 
 
+# One encoder for every record (`json.dumps` with options builds a new one per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical(record: dict[str, object]) -> bytes:
     """The canonical JSON bytes of a record."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(record).encode()
 
 
 def _encode(members: dict[str, object]) -> bytes:
-    return json.dumps(members, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(members).encode()
 
 
 def _join(first: bytes, second: bytes) -> bytes:

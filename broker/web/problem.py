@@ -19,8 +19,11 @@ PROBLEM_TYPE_PREFIX = "urn:credential-broker:problem:"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once
+
+
 def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _COMPACT.encode(value)
 
 
 def problem_response(error: BrokerError, *, instance: str, request_id: str | None) -> web.Response:

@@ -20,6 +20,7 @@ __all__ = ["encoded_header", "sign_compact"]
 
 _ES256_HALF = 32
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # built once, not per `json.dumps` call
 
 
 def _b64(data: bytes) -> bytes:
@@ -39,7 +40,7 @@ def sign_compact(
     key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey,
 ) -> str:
     """A compact JWS: `header.payload.signature`, signed with `key` (EdDSA or ES256)."""
-    signing_input = header + b"." + _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signing_input = header + b"." + _b64(_COMPACT.encode(claims).encode())
     if isinstance(key, ed25519.Ed25519PrivateKey):
         signature = key.sign(signing_input)
     else:
