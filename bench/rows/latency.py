@@ -34,9 +34,11 @@ def _achieved(load: Load) -> Check:
     )
 
 
-def _open_loop(bench: Bench, key: str, label: str, *, mtls: bool) -> list[Result]:
+def _open_loop(
+    bench: Bench, key: str, label: str, *, mtls: bool, workers: int | None = None
+) -> list[Result]:
     rate = bench.options.rate
-    with bench.broker(key) as broker:
+    with bench.broker(key, workers=workers) as broker:
         if mtls:
             load = bench.clients(
                 f"{broker.url}/v1/credentials",
@@ -71,3 +73,17 @@ def open_mtls(bench: Bench) -> list[Result]:
 @row("open-jwt", "open-loop latency at a fixed rate, JWT-SVID bearer")
 def open_jwt(bench: Bench) -> list[Result]:
     return _open_loop(bench, "open-jwt", "issuance JWT-SVID", mtls=False)
+
+
+# The deployment a two-core node runs (the chart's `workers: auto`): the same schedule,
+# against `broker serve --workers 2`. The single-process rows above stay the baseline.
+
+
+@row("open-w2-mtls", "open-loop latency at a fixed rate, mTLS, --workers 2")
+def open_w2_mtls(bench: Bench) -> list[Result]:
+    return _open_loop(bench, "open-w2-mtls", "issuance mTLS, --workers 2", mtls=True, workers=2)
+
+
+@row("open-w2-jwt", "open-loop latency at a fixed rate, JWT-SVID bearer, --workers 2")
+def open_w2_jwt(bench: Bench) -> list[Result]:
+    return _open_loop(bench, "open-w2-jwt", "issuance JWT-SVID, --workers 2", mtls=False, workers=2)
