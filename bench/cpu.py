@@ -14,12 +14,9 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from bench import procs
-from bench.domain import bench_policy, init_domain
-from bench.harness import Bench, Options
+from bench.harness import Options, scratch_bench
 from bench.rows.common import PATHS, request_for
 from bench.wrk import run_wrk
 
@@ -43,38 +40,33 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk not found: make bench-deps", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="broker-cpu-"))
     try:
-        domain = init_domain(workdir / "dev")
-        policy = workdir / "policy-bench.yaml"
-        bench_policy(domain, policy)
-        bench = Bench(Options(seconds=args.seconds, warmup=0.0), workdir, domain, policy)
-        print(f"broker CPU per answered request (wrk -t1 -c{args.connections}, {args.seconds} s)")
-        for path in args.path or PATHS:
-            endpoint, body, headers, expected = request_for(domain, path)
-            with bench.broker(f"cpu-{path}") as broker:
-                common = {
-                    "script_dir": workdir,
-                    "body": body,
-                    "headers": headers,
-                    "connections": args.connections,
-                    "threads": 1,
-                }
-                run_wrk(f"{broker.url}{endpoint}", seconds=2, **common)  # warm-up
-                before = cpu_seconds(broker.proc.pid)
-                result = run_wrk(f"{broker.url}{endpoint}", seconds=args.seconds, **common)
-                used = cpu_seconds(broker.proc.pid) - before
-            answered = sum(result.statuses.values())
-            wrong = answered - result.statuses.get(str(expected), 0)
+        with scratch_bench("broker-cpu-", Options(seconds=args.seconds, warmup=0.0)) as bench:
             print(
-                f"  {path:9} {endpoint:16} {used / max(answered, 1) * 1e6:7.0f} us CPU/request"
-                f"  ({answered / result.seconds:,.0f} req/s, {wrong} not {expected})"
+                f"broker CPU per answered request (wrk -t1 -c{args.connections}, {args.seconds} s)"
             )
+            for path in args.path or PATHS:
+                endpoint, body, headers, expected = request_for(bench.domain, path)
+                with bench.broker(f"cpu-{path}") as broker:
+                    common = {
+                        "script_dir": bench.workdir,
+                        "body": body,
+                        "headers": headers,
+                        "connections": args.connections,
+                        "threads": 1,
+                    }
+                    run_wrk(f"{broker.url}{endpoint}", seconds=2, **common)  # warm-up
+                    before = cpu_seconds(broker.proc.pid)
+                    result = run_wrk(f"{broker.url}{endpoint}", seconds=args.seconds, **common)
+                    used = cpu_seconds(broker.proc.pid) - before
+                answered = sum(result.statuses.values())
+                wrong = answered - result.statuses.get(str(expected), 0)
+                print(
+                    f"  {path:9} {endpoint:16} {used / max(answered, 1) * 1e6:7.0f} us CPU/request"
+                    f"  ({answered / result.seconds:,.0f} req/s, {wrong} not {expected})"
+                )
     except KeyboardInterrupt:
         return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

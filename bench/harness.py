@@ -11,8 +11,10 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -384,3 +386,21 @@ def cpu_model() -> str:
 def nproc() -> int:
     """CPUs this process may run on."""
     return len(os.sched_getaffinity(0))
+
+
+@contextmanager
+def scratch_bench(prefix: str, options: Options) -> Iterator[Bench]:
+    """A throw-away bench for the single-purpose tools (profile, cpu): a fresh dev trust
+    domain and the bench policy in a temporary directory, every process stopped and the
+    directory removed afterwards."""
+    from bench.domain import bench_policy, init_domain  # noqa: PLC0415 - tools only
+
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        domain = init_domain(workdir / "dev")
+        policy = workdir / "policy-bench.yaml"
+        bench_policy(domain, policy)
+        yield Bench(options, workdir, domain, policy)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)

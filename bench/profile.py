@@ -17,13 +17,11 @@ import argparse
 import re
 import shutil
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from bench import procs
-from bench.domain import bench_policy, init_domain
-from bench.harness import Bench, Options
+from bench.harness import Bench, Options, scratch_bench
 from bench.rows.common import PATHS, request_for
 
 __all__ = ["main", "summarize"]
@@ -105,59 +103,59 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk not found: make bench-deps", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="broker-profile-"))
     try:
-        domain = init_domain(workdir / "dev")
-        policy = workdir / "policy-bench.yaml"
-        bench_policy(domain, policy)
-        bench = Bench(Options(seconds=args.seconds, warmup=0.0), workdir, domain, policy)
-        endpoint, body, headers, expected = request_for(domain, args.path)
-        raw_file = workdir / "profile.raw"
-        with bench.broker("profile", workers=args.workers) as broker:
-            argv_spy = [
-                spy,
-                "record",
-                "-p",
-                str(broker.proc.pid),
-                "-d",
-                str(max(1, round(args.seconds))),
-                "-r",
-                str(args.rate),
-                "-f",
-                "raw",
-                "-F",
-                "-t",
-                "-o",
-                str(raw_file),
-            ]
-            if args.workers:
-                argv_spy.append("-s")
-            if args.gil:
-                argv_spy.append("--gil")
-            sampler = procs.spawn("py-spy", argv_spy, log=workdir / "py-spy.log")
-            try:
-                load = bench.wrk(
-                    f"{broker.url}{endpoint}", body=body, headers=headers, expected=expected
-                )
-                code = sampler.popen.wait(timeout=args.seconds + 60)
-            finally:
-                procs.stop(sampler)
-        if code != 0 or not raw_file.exists():
-            print(f"py-spy failed ({code}):\n{sampler.tail()}", file=sys.stderr)
-            return 1
-        raw = raw_file.read_text()
-        if args.raw is not None:
-            args.raw.write_text(raw)
-        print(
-            f"broker under wrk JWT-SVID {endpoint} ({load.generator}): {load.rps:,.0f} req/s while "
-            f"sampled at {args.rate}/s, {sum(load.unexpected.values())} unexpected answers"
-        )
-        print(summarize(raw, top=args.top))
+        with scratch_bench("broker-profile-", Options(seconds=args.seconds, warmup=0.0)) as bench:
+            code = _profile(bench, spy, args)
     except KeyboardInterrupt:
         return 130
-    finally:
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+    return code
+
+
+def _profile(bench: Bench, spy: str, args: argparse.Namespace) -> int:
+    """Load the broker with wrk while py-spy samples it; print the summary."""
+    workdir = bench.workdir
+    endpoint, body, headers, expected = request_for(bench.domain, args.path)
+    raw_file = workdir / "profile.raw"
+    with bench.broker("profile", workers=args.workers) as broker:
+        argv_spy = [
+            spy,
+            "record",
+            "-p",
+            str(broker.proc.pid),
+            "-d",
+            str(max(1, round(args.seconds))),
+            "-r",
+            str(args.rate),
+            "-f",
+            "raw",
+            "-F",
+            "-t",
+            "-o",
+            str(raw_file),
+        ]
+        if args.workers:
+            argv_spy.append("-s")
+        if args.gil:
+            argv_spy.append("--gil")
+        sampler = procs.spawn("py-spy", argv_spy, log=workdir / "py-spy.log")
+        try:
+            load = bench.wrk(
+                f"{broker.url}{endpoint}", body=body, headers=headers, expected=expected
+            )
+            code = sampler.popen.wait(timeout=args.seconds + 60)
+        finally:
+            procs.stop(sampler)
+    if code != 0 or not raw_file.exists():
+        print(f"py-spy failed ({code}):\n{sampler.tail()}", file=sys.stderr)
+        return 1
+    raw = raw_file.read_text()
+    if args.raw is not None:
+        args.raw.write_text(raw)
+    print(
+        f"broker under wrk JWT-SVID {endpoint} ({load.generator}): {load.rps:,.0f} req/s while "
+        f"sampled at {args.rate}/s, {sum(load.unexpected.values())} unexpected answers"
+    )
+    print(summarize(raw, top=args.top))
     return 0
 
 
