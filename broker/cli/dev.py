@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import shlex
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from broker import eventloop
 from broker.clock import SystemClock
 from broker.config.settings import Settings, load_settings
 from broker.dev.trust_domain import (
@@ -148,7 +148,8 @@ def _dev(args: argparse.Namespace) -> int:
     )
     configure_logging(settings.log_level)
     key_file = demo_key_file(td.root)
-    asyncio.run(_serve_dev(td, settings, args, key_file, key_file.read_text().strip()))
+    loop = eventloop.loop_name()
+    eventloop.run(_serve_dev(td, settings, args, key_file, key_file.read_text().strip()), loop)
     return 0
 
 

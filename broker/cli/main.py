@@ -8,12 +8,11 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from broker import __version__
+from broker import __version__, eventloop
 from broker.cli import agents, dev, tools
 from broker.config.settings import load_settings
 from broker.errors import ConfigError
@@ -67,10 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be between 1 and {MAX_WORKERS}")
     settings = load_settings(args.config)
     configure_logging(settings.log_level)
+    loop = eventloop.loop_name()
     if args.workers > 1 and args.worker_index is None:
         for_worker(settings, 0, args.workers)  # refuse what workers cannot share, up front
         return run_workers(args.config, args.workers)
-    asyncio.run(serve(for_worker(settings, args.worker_index or 0, args.workers)))
+    eventloop.run(serve(for_worker(settings, args.worker_index or 0, args.workers)), loop)
     return EXIT_OK
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import secrets
+import ssl
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -40,9 +40,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 OAUTH_PATHS = frozenset({"/v1/token", "/v1/introspect"})
 _NO_SPAN = contextlib.nullcontext()
 # Each connection's client certificate chain, read once (forgotten with the connection).
-_CHAINS: weakref.WeakKeyDictionary[asyncio.Transport, tuple[bytes, ...]] = (
-    weakref.WeakKeyDictionary()
-)
+_CHAINS: weakref.WeakKeyDictionary[ssl.SSLObject, tuple[bytes, ...]] = weakref.WeakKeyDictionary()
 # RFC 7009 revocation is a form post; the same endpoint's JSON body is the broker's own API,
 # whose errors stay problem documents (contract section 3).
 OAUTH_FORM_PATHS = frozenset({"/v1/revoke"})
@@ -182,12 +180,14 @@ def presented(request: web.Request) -> Presented:
     so it cannot change for the connection's life.
     """
     transport = request.transport
-    chain = _CHAINS.get(transport) if transport is not None else None
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    # Keyed by the connection's SSLObject: unique to the connection and gone with it (the
+    # transport itself cannot be weakly referenced under uvloop).
+    chain = _CHAINS.get(ssl_object) if ssl_object is not None else None
     if chain is None:
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         chain = peer_chain(ssl_object)
-        if transport is not None:
-            _CHAINS[transport] = chain
+        if ssl_object is not None:
+            _CHAINS[ssl_object] = chain
     return Presented(
         peer_chain=chain,
         authorization=request.headers.get("Authorization"),

@@ -115,7 +115,8 @@ async def serve(
             (on_gateway or _ignore)(gateway_url)
         host, port = _bound_address(runner, settings.listen.host, settings.listen.port)
         url = f"https://{host}:{port}"
-        log.info("listening", url=url, spiffe_id=settings.spiffe_id)
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+        log.info("listening", url=url, spiffe_id=settings.spiffe_id, event_loop=loop)
         if on_listening is not None:
             on_listening(url)
         await _until_drained(settings, runtime, draining, stop or asyncio.Event())
