@@ -88,6 +88,7 @@ class Bench:
         fill_tools: list[str] | None = None,
         ready_timeout: float = 60.0,
         gateway: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Iterator[RunningBroker]:
         """`broker serve --config COPY [--workers N]` on a free port, ready, then stopped.
 
@@ -99,6 +100,7 @@ class Bench:
             fill_tools: Extra tools for the RSS row's fill (cloned from analytics_api).
             ready_timeout: Seconds to wait for /readyz (a big policy loads slowly).
             gateway: A `gateway:` section to add (the gateway row).
+            env: Extra environment for the broker (`BROKER_EVENT_LOOP=asyncio`).
 
         Yields:
             The running broker.
@@ -118,7 +120,7 @@ class Bench:
         argv = [procs.tool("broker"), "serve", "--config", str(config)]
         if workers is not None:
             argv += ["--workers", str(workers)]
-        proc = procs.spawn(f"broker ({name})", argv, log=out_dir / "broker.log")
+        proc = procs.spawn(f"broker ({name})", argv, log=out_dir / "broker.log", env=env)
         try:
             url = f"https://127.0.0.1:{port}"
             procs.wait_http(f"{url}/readyz", ca=self.domain.ca, proc=proc, timeout=ready_timeout)

@@ -34,6 +34,26 @@ def issue_jwt(bench: Bench) -> list[Result]:
     ]
 
 
+@row("issue-jwt-asyncio", "the issuance row on the standard asyncio loop instead of uvloop")
+def issue_jwt_asyncio(bench: Bench) -> list[Result]:
+    """What uvloop (the default when installed) is worth: the same row, asyncio's loop."""
+    token = bench.domain.jwt_svid("analytics")
+    with bench.broker("issue-jwt-asyncio", env={"BROKER_EVENT_LOOP": "asyncio"}) as broker:
+        load = bench.wrk(
+            f"{broker.url}/v1/credentials", body=ISSUE_BODY, headers=bearer(token), expected=201
+        )
+        check = bench.audit_check(broker, issued=load.seen_status(201))
+    return [
+        Result(
+            "issue-jwt-asyncio",
+            "broker issuance, JWT-SVID bearer, asyncio loop",
+            load=load,
+            checks=[check],
+            notes=["BROKER_EVENT_LOOP=asyncio: the standard loop and TLS transport"],
+        )
+    ]
+
+
 @row("issue-mtls", "broker POST /v1/credentials over mTLS (Python clients)")
 def issue_mtls(bench: Bench) -> list[Result]:
     cert = bench.domain.agent_cert("analytics")
