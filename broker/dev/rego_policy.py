@@ -38,8 +38,6 @@ agent_rules := object.get(data.grants_by_agent, input.caller.spiffe_id, [])
 # What the rules' conditions compare with, read once per request.
 has_user := input.user != null
 
-issuer := input.user.iss if has_user else := ""
-
 depth := count(input.actors) if has_user else := 0
 
 ttl := input.ttl_requested if input.ttl_requested != null else := 0
@@ -53,7 +51,7 @@ user_ok(id) if {
 
 issuer_ok(id) if not data.grants[id].issuers
 
-issuer_ok(id) if issuer in data.grants[id].issuers
+issuer_ok(id) if input.user.iss in data.grants[id].issuers
 
 # The caller's rules whose conditions hold, in file order.
 passing := [id |
@@ -71,9 +69,9 @@ granted := {t: ids[0] |
 	count(ids) > 0
 }
 
-decision := {"allow": true, "tools": granted} if count(granted) == count(input.tools)
-
-decision := {"allow": false, "reasons": reasons} if count(granted) < count(input.tools)
+decision := {"allow": true, "tools": granted} if {
+	count(granted) == count(input.tools)
+} else := {"allow": false, "reasons": reasons}
 
 # Why: each condition a naming rule fails, in the order the rule engine checks them.
 checks := ["user_required", "user_issuer_not_allowed", "delegation_too_deep", "ttl_exceeds_max"]
