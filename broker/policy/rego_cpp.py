@@ -188,7 +188,11 @@ class Interpreter:
             _free_output(output)
         if text == _UNDEFINED:
             return None
-        expressions = json.loads(text).get("expressions")
+        try:
+            # Some runtime errors (recursion through `data`) come back "ok", as an error AST.
+            expressions = json.loads(text).get("expressions")
+        except (ValueError, AttributeError):
+            raise RegoCppError(text.decode("utf-8", "replace")) from None
         return expressions[0] if expressions else None
 
     def _text(self, output: int) -> bytes:

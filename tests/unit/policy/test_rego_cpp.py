@@ -11,12 +11,13 @@ import rego.v1
 echo := input
 missing := input.nothing
 big := [x | some x in numbers.range(1, 5000)]
+loop := object.get(data, ["t", "echo"], 0)
 """
 
 
 @pytest.fixture(scope="module")
 def bundle() -> Bundle:
-    return build({"t.rego": MODULE}, {"k": 1}, ["t/echo", "t/missing", "t/big"])
+    return build({"t.rego": MODULE}, {"k": 1}, ["t/echo", "t/missing", "t/big", "t/loop"])
 
 
 def test_the_input_document_reaches_the_policy_unchanged(bundle: Bundle) -> None:
@@ -36,12 +37,14 @@ def test_an_undefined_value_is_none_and_a_large_one_is_read_whole(bundle: Bundle
 
 
 def test_failures_raise_instead_of_aborting(bundle: Bundle) -> None:
-    """A module that does not compile, an unknown entrypoint, a non-JSON input: exceptions."""
+    """Not compiling, an unknown entrypoint, a runtime error, a non-JSON input: exceptions."""
     with pytest.raises(RegoCppError, match="Invalid assignment"):
         build({"bad.rego": "package t\nx := \n"}, None, ["t/x"])
     interpreter = Interpreter()
     interpreter.set_input({})
     with pytest.raises(RegoCppError):
         interpreter.query(bundle, b"t/nowhere")
+    with pytest.raises(RegoCppError, match="Recursion"):
+        interpreter.query(bundle, b"t/loop")
     with pytest.raises(TypeError):
         interpreter.set_input({"x": object()})

@@ -131,10 +131,11 @@ async def test_an_undefined_decision_denies(tmp_path: Path) -> None:
             "policy_error",
         ),
         ('decision := {"allow": false}', "denied_by_policy"),
+        ('decision := object.get(data, ["broker", "decision"], 0)', "policy_error"),
     ],
 )
 async def test_malformed_or_unservable_results_deny(tmp_path: Path, body: str, reason: str) -> None:
-    """Results that are not objects, miss a tool or carry bad limits deny."""
+    """Results that are not objects, miss a tool, carry bad limits, or fail at run time deny."""
     engine = rego(tmp_path, f"package broker\n{body}\n")
     case = Case("x", ANALYTICS, ("analytics_api",))
     decision = await engine.decide(context(case), "d")
