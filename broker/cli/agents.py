@@ -1,6 +1,7 @@
 """`broker agents list` and `broker agents show SPIFFE_ID`: the registry and live credentials.
 
-The agents come from the configuration's policy file, the live credentials from its state
+The agents come from the configuration's policy (the YAML file's `agents:`, or with the
+Rego engine the `agents` of its data document), the live credentials from its state
 store, opened through `broker.state.STATE_STORES` like the broker opens it (only read
 here; SQLite's WAL lets a running broker go on writing meanwhile).
 """
@@ -40,11 +41,14 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _engine(settings: Settings) -> PolicyEngine:
+    known = frozenset(t.name for t in settings.tools)
+    if settings.policy is not None and settings.policy.engine == "rego":
+        from broker.policy.rego import load_rego  # noqa: PLC0415 - an optional extra
+
+        return PolicyEngine(load_rego(settings.policy, known).policy)
     if settings.policy is None or settings.policy.file is None:
-        raise ConfigError("the configuration names no YAML policy file (the registry is there)")
-    policy = load_policy_file(
-        settings.policy.file, known_tools=frozenset(t.name for t in settings.tools)
-    )
+        raise ConfigError("the configuration names no policy (the registry is there)")
+    policy = load_policy_file(settings.policy.file, known_tools=known)
     return PolicyEngine(policy, {t.name: t.scopes for t in settings.tools})
 
 

@@ -42,6 +42,7 @@ admins:
 
 policy:
   file: policy.yaml              # reloaded when it changes (or on SIGHUP), validated first
+  # The same policy in Rego (the `rego` extra): `engine: rego` and `bundle: rego`.
 
 # End users' identity providers: the user_token of a request is validated against these.
 user_token_issuers:

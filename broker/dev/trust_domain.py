@@ -4,7 +4,7 @@ Layout (contract section 2), under the chosen directory:
 
     config.yaml                 runs as is with `broker serve --config`
     policy.yaml                 the development policy
-    policy.rego                 the same policy in Rego (`policy.engine: rego`)
+    rego/policy.rego, data.json the same policy in Rego (`policy: {engine: rego, bundle: rego}`)
     ca/bundle.pem, ca/key.pem   the X.509 authority
     broker/svid.pem, key.pem    spiffe://TD/broker (also DNS localhost, IP 127.0.0.1)
     agents/NAME/svid.pem, key.pem   spiffe://TD/agent/NAME for claims and analytics
@@ -45,7 +45,7 @@ from broker.dev.pki import (
     new_ec_key,
     new_ed25519_key,
 )
-from broker.dev.rego_policy import policy_rego
+from broker.dev.rego_policy import policy_data_json, policy_rego
 from broker.errors import ConfigError
 from broker.fileio import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
 from broker.identity.material import spiffe_id_of
@@ -89,9 +89,9 @@ class DevTrustDomain:
         return self.root / "policy.yaml"
 
     @property
-    def policy_rego(self) -> Path:
-        """`policy.rego`: the development policy in Rego."""
-        return self.root / "policy.rego"
+    def policy_bundle(self) -> Path:
+        """`rego/`: the development policy in Rego (`policy.rego` and `data.json`)."""
+        return self.root / "rego"
 
     @property
     def ca_bundle(self) -> Path:
@@ -204,7 +204,10 @@ def _generate(td: DevTrustDomain, now: datetime) -> None:
     )
 
     write_atomic(td.policy, templates.policy_yaml(td.trust_domain).encode(), mode=PUBLIC_MODE)
-    write_atomic(td.policy_rego, policy_rego(td.trust_domain).encode(), mode=PUBLIC_MODE)
+    ensure_private_dir(td.policy_bundle)
+    write_atomic(td.policy_bundle / "policy.rego", policy_rego().encode(), mode=PUBLIC_MODE)
+    data = policy_data_json(td.trust_domain).encode()
+    write_atomic(td.policy_bundle / "data.json", data, mode=PUBLIC_MODE)
     # config.yaml last: its presence marks a complete trust domain.
     write_atomic(td.config, templates.config_yaml(td.trust_domain).encode(), mode=SECRET_MODE)
 

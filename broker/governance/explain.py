@@ -3,7 +3,8 @@
 The policy in force at TIME is the last `policy.loaded` record at or before TIME (records
 have whole-second timestamps; within a second, file order decides). Its content comes from
 the versions kept beside the audit log (`policies/sha256-<hex>.<suffix>`), checked against
-the hash the record names. The request is rebuilt from what the command is given: the
+the hash the record names; a Rego version (`.rego`: one module; `.json`: its modules, data
+document and query) is compiled again. The request is rebuilt from what the command is given: the
 agent, the tool (or every tool the policy names), and optionally the user's subject, issuer,
 tier and groups; no TTL (the cap applies). The agent's own issuances and denials around
 TIME are listed from the log beside the answer.
@@ -11,9 +12,8 @@ TIME are listed from the log beside the answer.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +21,6 @@ from pathlib import Path
 from broker.domain import AuthMethod, Caller, Decision, RequestContext, UserContext
 from broker.errors import ConfigError
 from broker.governance.archive import PolicyArchive
-from broker.policy.config import PolicySettings
 from broker.policy.engine import PolicyEngine
 from broker.policy.loader import load_policy
 
@@ -91,23 +90,23 @@ def _in_force(records: list[dict[str, object]], at: datetime) -> dict[str, objec
     return loaded
 
 
-def _decide(archive: PolicyArchive, digest: str, suffix: str, ctx: RequestContext) -> Decision:
+def _replay(
+    archive: PolicyArchive, digest: str, suffix: str
+) -> Callable[[RequestContext], Decision]:
+    """A decider for the kept version: YAML for the rule engine; `.rego` or `.json` for Rego."""
     path = archive.path_of(digest, suffix)
     try:
-        archive.read(digest, suffix)
+        raw = archive.read(digest, suffix)
     except OSError as exc:
         raise ConfigError(f"the policy version sha256:{digest} is not kept ({exc})") from None
     if suffix == "yaml":
-        return PolicyEngine(load_policy(path)).decide(ctx, "explain")
-    if suffix != "rego":
-        raise ConfigError(f"{path}: a Rego bundle version cannot be replayed yet")
-    from broker.clock import SystemClock  # noqa: PLC0415
-    from broker.policy.rego import RegoPolicy  # noqa: PLC0415 - an optional extra
+        engine = PolicyEngine(load_policy(path))
+        return lambda ctx: engine.decide(ctx, "explain")
+    from broker.policy.rego_decisions import RegoDecisions  # noqa: PLC0415 - an optional extra
+    from broker.policy.rego_program import archived_sources, compile_rego  # noqa: PLC0415
 
-    rego = RegoPolicy(
-        PolicySettings(file=None, engine="rego", module=path), tool_scopes={}, clock=SystemClock()
-    )
-    return asyncio.run(rego.decide(ctx, "explain"))
+    rego = RegoDecisions(compile_rego(archived_sources(raw, suffix, path)), {})
+    return lambda ctx: rego.decide(ctx, "explain")
 
 
 def _tools(archive: PolicyArchive, digest: str, suffix: str, agent: str) -> list[str]:
@@ -118,6 +117,18 @@ def _tools(archive: PolicyArchive, digest: str, suffix: str, agent: str) -> list
     entry = engine.registry.entry_for(agent)
     named |= set(entry.declared_tools or ()) if entry else set()
     return sorted(named)
+
+
+def _answer(tool: str, decision: Decision) -> dict[str, object]:
+    return {
+        "tool": tool,
+        "decision": "allow" if decision.allow else "deny",
+        "rules": list(decision.rule_ids),
+        "reasons": list(decision.reasons),
+        "messages": list(decision.messages),
+        "ttl_granted": decision.ttl_granted,
+        "would_deny": list(decision.shadow),
+    }
 
 
 def _issuer_of(records: list[dict[str, object]], agent: str, subject: str) -> str | None:
@@ -164,20 +175,11 @@ def explain(files: Sequence[Path], policies: Path, question: Question) -> dict[s
         question.agent, trust_domain, AuthMethod.X509_SVID, question.at + timedelta(hours=1)
     )
     answers = []
-    for tool in tools:
-        ctx = RequestContext(caller, user, (tool,), None, question.at, "explain")
-        decision = _decide(archive, digest, suffix, ctx)
-        answers.append(
-            {
-                "tool": tool,
-                "decision": "allow" if decision.allow else "deny",
-                "rules": list(decision.rule_ids),
-                "reasons": list(decision.reasons),
-                "messages": list(decision.messages),
-                "ttl_granted": decision.ttl_granted,
-                "would_deny": list(decision.shadow),
-            }
-        )
+    if tools:
+        decide = _replay(archive, digest, suffix)
+        for tool in tools:
+            ctx = RequestContext(caller, user, (tool,), None, question.at, "explain")
+            answers.append(_answer(tool, decide(ctx)))
     low, high = question.at - question.around, question.at + question.around
     activity = []
     for record in records:

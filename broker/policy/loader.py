@@ -24,7 +24,7 @@ from broker.policy.model import (
 )
 from broker.spiffe_id import parse_spiffe_id, parse_trust_domain
 
-__all__ = ["load_policy"]
+__all__ = ["load_agents", "load_policy"]
 
 _RULE_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
 _PER = ("agent", "user", "tool")
@@ -77,14 +77,7 @@ def load_policy(path: Path, *, known_tools: frozenset[str] | None = None) -> Pol
             raise item.error("id", f"duplicates rule id {rule.id!r}")
         seen_ids.add(rule.id)
         rules.append(rule)
-    agents: list[AgentEntry] = []
-    seen_agents: set[str] = set()
-    for item in root.sections("agents"):
-        entry = _agent_entry(item, known_tools)
-        if entry.pattern.text in seen_agents:
-            raise item.error("spiffe_id", f"describes {entry.pattern.text} a second time")
-        seen_agents.add(entry.pattern.text)
-        agents.append(entry)
+    agents = load_agents(root, known_tools)
     root.finish()
     return Policy(
         id=policy_id,
@@ -94,8 +87,25 @@ def load_policy(path: Path, *, known_tools: frozenset[str] | None = None) -> Pol
         tool_max_ttl=tool_caps,
         default_max_ttl=default_ttl,
         default_max_delegation_depth=default_depth,
-        agents=tuple(agents),
+        agents=agents,
     )
+
+
+def load_agents(root: Reader, known_tools: frozenset[str] | None) -> tuple[AgentEntry, ...]:
+    """The agent registry: the `agents` list of a policy (YAML file or Rego data document).
+
+    Raises:
+        ConfigError: Naming the file and the offending key.
+    """
+    agents: list[AgentEntry] = []
+    seen: set[str] = set()
+    for item in root.sections("agents"):
+        entry = _agent_entry(item, known_tools)
+        if entry.pattern.text in seen:
+            raise item.error("spiffe_id", f"describes {entry.pattern.text} a second time")
+        seen.add(entry.pattern.text)
+        agents.append(entry)
+    return tuple(agents)
 
 
 def _check_tool(reader: Reader, key: str, name: str, known: frozenset[str] | None) -> None:

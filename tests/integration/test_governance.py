@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -152,10 +153,14 @@ async def test_a_shadow_rule_allows_audits_would_deny_and_counts(broker: DevBrok
     assert 'broker_shadow_denials_total{rule="no-batch-at-all"} 2.0' in metrics
 
 
+def rego_bundle(directory: Path) -> PolicySettings:
+    """The dev policy in Rego (`rego/`: module and data document), unwatched."""
+    return PolicySettings(file=None, engine="rego", bundle=directory / "rego", watch_seconds=3600)
+
+
 async def test_the_broker_serves_the_dev_policy_in_rego(tmp_path: Path) -> None:
-    """`policy: {engine: rego, module: policy.rego}`: same answers, version kept as .rego."""
-    module = tmp_path / "dev" / "policy.rego"
-    settings = PolicySettings(file=None, engine="rego", module=module)
+    """`policy: {engine: rego, bundle: rego}`: same answers; the version kept as one JSON."""
+    settings = rego_bundle(tmp_path / "dev")
     async with dev_broker(tmp_path / "dev", policy=settings) as broker:
         ok = await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
         assert ok.status == 201
@@ -168,10 +173,84 @@ async def test_the_broker_serves_the_dev_policy_in_rego(tmp_path: Path) -> None:
     (loaded,) = [r for r in records if r["event"] == "policy.loaded"]
     assert loaded["policy"]["id"] == "dev"
     kept = tmp_path / "dev" / "policies" / loaded["target"]["archived"]
-    assert kept.suffix == ".rego"
-    assert kept.read_bytes() == module.read_bytes()
+    assert kept.suffix == ".json"
+    version = json.loads(kept.read_bytes())
+    bundle = tmp_path / "dev" / "rego"
+    assert version["modules"] == {"policy.rego": (bundle / "policy.rego").read_text()}
+    assert version["data"] == json.loads((bundle / "data.json").read_text())
     issued = [r for r in records if r["event"] == "credential.issued"]
     assert issued[-1]["rules"] == ["claims-on-behalf-of-user"]
+
+
+async def test_the_rego_registry_is_the_data_documents_agents(tmp_path: Path) -> None:
+    """With Rego: agents in data.json are listed (API, CLI) and undeclared tools refused."""
+    directory = tmp_path / "dev"
+    async with dev_broker(directory, policy=rego_bundle(directory)) as broker:
+        data_file = directory / "rego" / "data.json"
+        data = json.loads(data_file.read_text())
+        data["grants"]["analytics-batch"]["tools"] = ["analytics_api", "ticketing_api"]
+        data["agents"][1]["declared_tools"] = ["analytics_api"]
+        data_file.write_text(json.dumps(data))
+        assert await broker.running.runtime.policy.reload_async()
+        refused = await broker.agent("analytics").credentials({"tools": ["ticketing_api"]})
+        assert refused.status == 403
+        assert refused.body["reasons"] == ["tool_not_declared"]
+        ok = await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
+        assert ok.status == 201
+        listing = await broker.agent("admin").request("GET", "/v1/admin/agents")
+        assert listing.status == 200
+    served = {a["spiffe_id"]: a for a in listing.body["agents"]}
+    analytics = served["spiffe://example.org/agent/analytics"]
+    assert analytics["owner"] == {"team": "data", "contact": "data-team@example.org"}
+    assert analytics["declared_tools"] == ["analytics_api"]
+    assert analytics["live_credentials"] == 1
+    config = yaml.safe_load(broker.td.config.read_text())
+    config["policy"] = {"engine": "rego", "bundle": "rego"}
+    rego_config = directory / "config-rego.yaml"
+    rego_config.write_text(yaml.safe_dump(config))
+    result = run_broker("agents", "list", "--config", str(rego_config), "--json")
+    assert result.returncode == 0, result.stderr
+    listed = {a["spiffe_id"]: a for a in json.loads(result.stdout)["agents"]}
+    assert listed["spiffe://example.org/agent/claims"]["owner"]["team"] == "claims"
+    assert listed["spiffe://example.org/agent/analytics"]["live_credentials"] == 1
+
+
+async def test_explain_replays_an_earlier_rego_bundle(tmp_path: Path) -> None:
+    """`broker audit explain` compiles the kept bundle in force then, not the current one."""
+    from tests.support.clock import ManualClock
+
+    clock = ManualClock()
+    directory = tmp_path / "dev"
+    async with dev_broker(directory, clock=clock, policy=rego_bundle(directory)) as broker:
+        clock.advance(60)
+        before = clock.now()
+        assert (
+            await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
+        ).status == 201
+        clock.advance(60)
+        data_file = directory / "rego" / "data.json"
+        data = json.loads(data_file.read_text())
+        del data["grants_by_agent"]["spiffe://example.org/agent/analytics"]
+        data_file.write_text(json.dumps(data))
+        assert await broker.running.runtime.policy.reload_async()
+        clock.advance(60)
+        after = clock.now()
+        denied = await broker.agent("analytics").credentials({"tools": ["analytics_api"]})
+        assert denied.status == 403
+    from broker.governance.explain import Question, explain
+
+    agent = "spiffe://example.org/agent/analytics"
+
+    def ask(at: datetime) -> dict[str, Any]:
+        question = Question(at=at, agent=agent, tool="analytics_api")
+        return explain([directory / "audit.log"], directory / "policies", question)
+
+    then, now = ask(before), ask(after)
+    assert then["answers"][0]["decision"] == "allow"
+    assert then["answers"][0]["rules"] == ["analytics-batch"]
+    assert now["answers"][0]["decision"] == "deny"
+    assert now["answers"][0]["reasons"] == ["agent_unknown"]
+    assert then["policy"]["hash"] != now["policy"]["hash"]
 
 
 async def test_explain_reproduces_an_earlier_policy_after_it_changed(tmp_path: Path) -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from broker.dev.rego_policy import policy_rego
+from broker.dev.rego_policy import policy_data_json, policy_rego
 from broker.dev.templates import policy_yaml
-from broker.domain import AuthMethod, Caller, Decision, RequestContext, UserContext
+from broker.domain import AuthMethod, Caller, Decision, Limit, RequestContext, UserContext
 from broker.errors import ConfigError
 from broker.policy.config import PolicySettings
 from broker.policy.engine import PolicyEngine
@@ -31,6 +32,18 @@ def rego(tmp_path: Path, source: str) -> RegoPolicy:
     module.write_text(source)
     return RegoPolicy(
         PolicySettings(file=None, engine="rego", module=module),
+        tool_scopes=TOOLS,
+        clock=ManualClock(),
+    )
+
+
+def dev_rego(tmp_path: Path) -> RegoPolicy:
+    bundle = tmp_path / "rego"
+    bundle.mkdir()
+    (bundle / "policy.rego").write_text(policy_rego())
+    (bundle / "data.json").write_text(policy_data_json(TD))
+    return RegoPolicy(
+        PolicySettings(file=None, engine="rego", bundle=bundle),
         tool_scopes=TOOLS,
         clock=ManualClock(),
     )
@@ -92,7 +105,7 @@ async def test_both_engines_decide_the_dev_policy_identically(tmp_path: Path, ca
     yaml_path = tmp_path / "policy.yaml"
     yaml_path.write_text(policy_yaml(TD))
     rules = PolicyEngine(load_policy(yaml_path), TOOLS)
-    engine = rego(tmp_path, policy_rego(TD))
+    engine = dev_rego(tmp_path)
     expected = rules.decide(context(case), "d")
     got = await engine.decide(context(case), "d")
     assert summary(got) == summary(expected)
@@ -118,10 +131,11 @@ async def test_an_undefined_decision_denies(tmp_path: Path) -> None:
             "policy_error",
         ),
         ('decision := {"allow": false}', "denied_by_policy"),
+        ('decision := object.get(data, ["broker", "decision"], 0)', "policy_error"),
     ],
 )
 async def test_malformed_or_unservable_results_deny(tmp_path: Path, body: str, reason: str) -> None:
-    """Results that are not objects, miss a tool or carry bad limits deny."""
+    """Results that are not objects, miss a tool, carry bad limits, or fail at run time deny."""
     engine = rego(tmp_path, f"package broker\n{body}\n")
     case = Case("x", ANALYTICS, ("analytics_api",))
     decision = await engine.decide(context(case), "d")
@@ -182,3 +196,69 @@ async def test_require_approval_is_read_from_the_result(tmp_path: Path) -> None:
     decision = await engine.decide(context(Case("x", ANALYTICS, ("analytics_api",))), "d")
     assert decision.allow
     assert decision.require_approval
+
+
+def bundle(tmp_path: Path, module: str, data: dict[str, object]) -> RegoPolicy:
+    directory = tmp_path / "bundle"
+    directory.mkdir(exist_ok=True)
+    (directory / "policy.rego").write_text(module)
+    (directory / "data.json").write_text(json.dumps(data))
+    return RegoPolicy(
+        PolicySettings(file=None, engine="rego", bundle=directory),
+        tool_scopes=TOOLS,
+        clock=ManualClock(),
+    )
+
+
+GRANT_BY_NAME = (
+    "package broker\nimport rego.v1\n"
+    'decision := {"allow": true, "tools": {t: data.pick[t] | some t in input.tools}}\n'
+)
+
+
+async def test_a_tool_granted_by_name_takes_the_named_grant_from_the_data(tmp_path: Path) -> None:
+    """`tools: {t: "name"}` reads max_ttl and limits of `grants.name`; an unknown name denies."""
+    limits = [{"kind": "rate", "per": ["agent"], "limit": 5, "window_seconds": 60}]
+    data = {
+        "grants": {"batch": {"max_ttl": 90, "limits": limits}},
+        "pick": {"analytics_api": "batch", "ticketing_api": "nowhere"},
+    }
+    engine = bundle(tmp_path, GRANT_BY_NAME, data)
+    granted = await engine.decide(context(Case("x", ANALYTICS, ("analytics_api",))), "d")
+    assert granted.allow
+    assert granted.rule_ids == ("batch",)
+    assert granted.ttl_granted == 90
+    assert granted.tools[0].limits == (Limit("rate", ("agent",), 5, 60),)
+    unknown = await engine.decide(context(Case("x", ANALYTICS, ("ticketing_api",))), "d")
+    assert unknown.reasons == ("tool_not_allowed",)
+
+
+async def test_the_registry_in_the_data_refuses_undeclared_tools(tmp_path: Path) -> None:
+    """`agents` in data.json is the registry: an undeclared tool is refused before the policy."""
+    registry = [
+        {"spiffe_id": ANALYTICS, "owner": {"team": "data"}, "declared_tools": ["analytics_api"]}
+    ]
+    data = {"agents": registry, "pick": {t: {"rule": "any"} for t in TOOLS}}
+    engine = bundle(tmp_path, GRANT_BY_NAME, data)
+    refused = await engine.decide(context(Case("x", ANALYTICS, ("ticketing_api",))), "d")
+    assert refused.reasons == ("tool_not_declared",)
+    assert (await engine.decide(context(Case("x", ANALYTICS, ("analytics_api",))), "d")).allow
+    entry = engine.engine.registry.entry_for(ANALYTICS)
+    assert entry is not None
+    assert entry.owner_team == "data"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"agents": [{"spiffe_id": "not-an-id"}]}, r"agents\[0\]\.spiffe_id"),
+        ({"agents": [{"spiffe_id": ANALYTICS, "declared_tools": ["nope"]}]}, "nope"),
+        ({"grants": {"g": {"limits": [{"kind": "x"}]}}}, "grants.g"),
+    ],
+)
+def test_a_malformed_registry_or_grant_is_a_config_error(
+    tmp_path: Path, data: dict[str, object], message: str
+) -> None:
+    """The data document's registry and grants are validated at load, naming the key."""
+    with pytest.raises(ConfigError, match=message):
+        bundle(tmp_path, GRANT_BY_NAME, data)
