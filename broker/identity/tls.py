@@ -23,9 +23,11 @@ and old connections finish undisturbed.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ssl
 import sys
+import weakref
 
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -34,7 +36,12 @@ from broker.identity.material import IdentitySnapshot
 from broker.tlsutil import load_cert_chain
 from broker.typing import IdentitySource
 
-__all__ = ["ServerTls", "load_cert_chain", "peer_chain"]
+__all__ = ["ServerTls", "connection_chain", "load_cert_chain", "peer_chain"]
+
+# Each connection's client certificate chain, read once (forgotten with the connection).
+_CHAINS: weakref.WeakKeyDictionary[asyncio.BaseTransport, tuple[bytes, ...]] = (
+    weakref.WeakKeyDictionary()
+)
 
 log = structlog.get_logger(__name__)
 
@@ -155,6 +162,20 @@ class ServerTls:
             ]
             ctx.load_verify_locations(cadata="".join(authorities))
         return ctx
+
+
+def connection_chain(transport: asyncio.BaseTransport | None) -> tuple[bytes, ...]:
+    """The client certificate chain of a connection (DER, leaf first), or () if none.
+
+    Read once per connection: TLS renegotiation is off (`ServerTls`), so the chain cannot
+    change for the connection's life.
+    """
+    if transport is None:
+        return ()
+    chain = _CHAINS.get(transport)
+    if chain is None:
+        chain = _CHAINS[transport] = peer_chain(transport.get_extra_info("ssl_object"))
+    return chain
 
 
 def peer_chain(ssl_object: ssl.SSLObject | None) -> tuple[bytes, ...]:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import secrets
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -26,7 +24,7 @@ from broker.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from broker.identity.tls import peer_chain
+from broker.identity.tls import connection_chain
 from broker.web.keys import CALLER, PIPELINE, PROBES, REQUEST_ID, TRACER, XFCC_HEADER
 from broker.web.problem import oauth_error_response, problem_response
 
@@ -39,10 +37,6 @@ log = structlog.get_logger("broker.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 OAUTH_PATHS = frozenset({"/v1/token", "/v1/introspect"})
 _NO_SPAN = contextlib.nullcontext()
-# Each connection's client certificate chain, read once (forgotten with the connection).
-_CHAINS: weakref.WeakKeyDictionary[asyncio.Transport, tuple[bytes, ...]] = (
-    weakref.WeakKeyDictionary()
-)
 # RFC 7009 revocation is a form post; the same endpoint's JSON body is the broker's own API,
 # whose errors stay problem documents (contract section 3).
 OAUTH_FORM_PATHS = frozenset({"/v1/revoke"})
@@ -181,15 +175,8 @@ def presented(request: web.Request) -> Presented:
     The client certificate chain is read once per connection: TLS renegotiation is off,
     so it cannot change for the connection's life.
     """
-    transport = request.transport
-    chain = _CHAINS.get(transport) if transport is not None else None
-    if chain is None:
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        chain = peer_chain(ssl_object)
-        if transport is not None:
-            _CHAINS[transport] = chain
     return Presented(
-        peer_chain=chain,
+        peer_chain=connection_chain(request.transport),
         authorization=request.headers.get("Authorization"),
         forwarded_client_cert=request.headers.get(request.app[XFCC_HEADER]),
     )
