@@ -5,8 +5,9 @@ upstream, a broker with one gateway route to it, the agent's X.509-SVID and a cr
 bound to it) and loads the gateway with the Python generator, closed loop. Prints the CPU
 time (user + system, from /proc) the broker process spent per answered request, and the
 upstream's own per request as the reference: on a shared machine these move much less than
-throughput, so they compare two versions of the code. `--profile` samples the broker with
-py-spy during the measured run and prints its top frames (as `python -m bench.profile`).
+throughput, so they compare two versions of the code (the best of several `--rounds` is
+the steadiest figure). `--profile` samples the broker with py-spy during the last round
+and prints its top frames (as `python -m bench.profile`).
 """
 
 from __future__ import annotations
@@ -60,14 +61,14 @@ def _spy(spy: str, pid: int, args: argparse.Namespace, out: Path) -> procs.Proc:
     return procs.spawn("py-spy", argv, log=out.with_suffix(".log"))
 
 
-def _measure(broker: int, upstream: int, run: Callable[[], Load]) -> str:
+def _measure(broker: int, upstream: int, run: Callable[[], Load]) -> tuple[float, str]:
     """One measured load: CPU per answered request of the broker and of the upstream."""
     before = _tree_cpu(broker), cpu_seconds(upstream)
     load = run()
     after = _tree_cpu(broker), cpu_seconds(upstream)
     answered = sum(v for k, v in load.seen.items() if k.isdigit())
     ours, theirs = ((a - b) / max(answered, 1) * 1e6 for a, b in zip(after, before, strict=True))
-    return (
+    return ours, (
         f"gateway: {ours:6.0f} us CPU/request (broker), upstream {theirs:4.0f} us"
         f" (x{ours / max(theirs, 1):.2f});"
         f" {load.rps:,.0f} req/s, p50 {load.p50_ms or 0:.2f} ms, {answered} answered,"
@@ -113,10 +114,13 @@ def main(argv: list[str] | None = None) -> int:
 
                 run()  # warm-up
                 raw_file = workdir / "profile.raw"
+                best = float("inf")
                 for round_ in range(args.rounds):
                     last = round_ == args.rounds - 1
                     sampler = _spy(spy, broker.proc.pid, args, raw_file) if spy and last else None
-                    print(_measure(broker.proc.pid, upstream_pid, run), flush=True)
+                    cpu, line = _measure(broker.proc.pid, upstream_pid, run)
+                    best = min(best, cpu)
+                    print(line, flush=True)
                     if sampler is not None:
                         sampler.popen.wait(timeout=args.seconds + 60)
                         procs.stop(sampler)
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                         if args.raw is not None:
                             args.raw.write_text(raw)
                         print(summarize(raw, top=args.top))
+                print(f"best of {args.rounds}: {best:.0f} us CPU/request (broker)")
     except KeyboardInterrupt:
         return 130
     finally:
