@@ -71,23 +71,31 @@ def _measure(broker: int, upstream: int, run: Callable[[], Load]) -> tuple[float
     return ours, (
         f"gateway: {ours:6.0f} us CPU/request (broker), upstream {theirs:4.0f} us"
         f" (x{ours / max(theirs, 1):.2f});"
-        f" {load.rps:,.0f} req/s, p50 {load.p50_ms or 0:.2f} ms, {answered} answered,"
+        f" {load.rps:,.0f} req/s, p50 {load.p50_ms or 0:.2f} ms, p99 {load.p99_ms or 0:.2f} ms,"
+        f" {answered} answered,"
         f" {answered - load.seen.get('201', 0)} not 201, errors {load.errors or 0}"
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway_cpu", description=__doc__)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per round")
     parser.add_argument("--rounds", type=int, default=1, help="measured runs (same processes)")
     parser.add_argument("--clients", type=int, default=2, help="generator processes")
     parser.add_argument("--workers", type=int, help="broker serve --workers N")
+    parser.add_argument(
+        "--open", type=float, metavar="RATE", help="open loop at RATE req/s (default: closed)"
+    )
     parser.add_argument("--null-audit", action="store_true", help="audit to /dev/null, no fsync")
     parser.add_argument("--profile", action="store_true", help="py-spy the broker (last round)")
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, help="also keep py-spy's raw output here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     spy = py_spy() if args.profile else None
     if args.profile and spy is None:
         print("py-spy not found: .venv/bin/pip install py-spy (make bench does)", file=sys.stderr)
@@ -110,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                 url, auth = ready_gateway(bench, broker.url, port)
 
                 def run() -> Load:
-                    return bench.clients(url, expected=201, body=BODY, headers=auth, cert=cert)
+                    mode = {"mode": "open", "rate": args.open} if args.open else {}
+                    return bench.clients(
+                        url, expected=201, body=BODY, headers=auth, cert=cert, **mode
+                    )
 
                 run()  # warm-up
                 raw_file = workdir / "profile.raw"
