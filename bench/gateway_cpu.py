@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                         url, expected=201, body=BODY, headers=auth, cert=cert, **mode
                     )
 
-                run()  # warm-up
+                print("warm-up " + _measure(broker.proc.pid, upstream_pid, run)[1], flush=True)
                 raw_file = workdir / "profile.raw"
                 best = float("inf")
                 for round_ in range(args.rounds):
