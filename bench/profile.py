@@ -24,7 +24,7 @@ from bench import procs
 from bench.harness import Bench, Options, scratch_bench
 from bench.rows.common import PATHS, request_for
 
-__all__ = ["main", "summarize"]
+__all__ = ["main", "py_spy", "summarize"]
 
 _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 
@@ -73,7 +73,7 @@ def summarize(raw: str, *, top: int = 15) -> str:
     return "\n".join(out)
 
 
-def _py_spy() -> str | None:
+def py_spy() -> str | None:
     local = Path(sys.executable).parent / "py-spy"
     return str(local) if local.exists() else shutil.which("py-spy")
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         help="which request (bench.rows.common.request_for)",
     )
     args = parser.parse_args(argv)
-    spy = _py_spy()
+    spy = py_spy()
     if spy is None:
         print("py-spy not found: .venv/bin/pip install py-spy (make bench does)", file=sys.stderr)
         return 2

@@ -54,6 +54,9 @@ def for_worker(settings: Settings, index: int, count: int) -> Settings:
         return settings
     if settings.listen.port == 0:
         raise ConfigError(f"{settings.source_file}: listen.port: --workers needs a fixed port")
+    if settings.gateway is not None and settings.gateway.port == 0:
+        # Every worker binds the gateway's port too (SO_REUSEPORT): it must be one port.
+        raise ConfigError(f"{settings.source_file}: gateway.port: --workers needs a fixed port")
     audit = settings.audit
     chain_id = audit.chain_id or os.environ.get("HOSTNAME") or socket.gethostname()
     audit = dataclasses.replace(

@@ -6,7 +6,8 @@ gateway credential is bound to it by `cnf`), in the same run:
 
 - open loop at 500 req/s offered: p50/p99 direct and through the gateway; the added
   latency is the difference (targets: p50 <= 1 ms, p99 <= 2 ms);
-- closed loop (saturation): throughput through the gateway / direct (target >= 0.5x).
+- closed loop (saturation): throughput through the gateway / direct (target >= 0.5x);
+  also with the audit to /dev/null, and with `broker serve --workers 2` (no target).
 
 The gateway route reads its key from a file; it has no model allow-list (bodies stream)
 and no budget, so each request costs one credential verification (cached), one
@@ -19,6 +20,7 @@ import json
 import ssl
 import time
 import urllib.request
+from typing import Any
 
 from bench import procs
 from bench.harness import Bench
@@ -89,33 +91,43 @@ def _note(label: str, ours: Load | None, base: Load | None) -> str:
     )
 
 
+def gateway_section(bench: Bench, upstream: str, port: int) -> dict[str, Any]:
+    """The row's `gateway:` section: one route `bench` to `upstream`, key from a file."""
+    key_file = bench.workdir / "gateway-upstream.key"
+    key_file.write_text("bench-upstream-key\n")
+    return {
+        "host": "127.0.0.1",
+        "port": port,
+        "routes": {
+            "bench": {
+                "tool": "analytics_api",
+                "upstream": upstream,
+                "ca_file": str(bench.domain.ca),
+                "key": {"source": "file", "file": str(key_file)},
+                "methods": ["POST"],
+                "path_prefixes": ["/v1/"],
+            }
+        },
+    }
+
+
+def ready_gateway(bench: Bench, broker_url: str, port: int) -> tuple[str, dict[str, str]]:
+    """Wait until the gateway on `port` forwards; its URL and the agent's auth header."""
+    token = _credential(bench, broker_url)
+    via_url = f"https://127.0.0.1:{port}/bench/v1/chat/completions"
+    _wait_gateway(bench, via_url, token)
+    return via_url, {"Authorization": f"Bearer {token}"}
+
+
 @row("gateway", "gateway vs direct upstream: added latency at 500 req/s, throughput ratio")
 def gateway(bench: Bench) -> list[Result]:
     cert = bench.domain.agent_cert("analytics")
-    key_file = bench.workdir / "gateway-upstream.key"
-    key_file.write_text("bench-upstream-key\n")
     with bench.bare() as upstream:
-        port = procs.free_port()
-        section = {
-            "host": "127.0.0.1",
-            "port": port,  # free again between the two brokers of the row
-            "routes": {
-                "bench": {
-                    "tool": "analytics_api",
-                    "upstream": upstream,
-                    "ca_file": str(bench.domain.ca),
-                    "key": {"source": "file", "file": str(key_file)},
-                    "methods": ["POST"],
-                    "path_prefixes": ["/v1/"],
-                }
-            },
-        }
+        port = procs.free_port()  # free again between the two brokers of the row
+        section = gateway_section(bench, upstream, port)
         with bench.broker("gateway", gateway=section) as broker:
-            token = _credential(bench, broker.url)
-            via_url = f"https://127.0.0.1:{port}/bench/v1/chat/completions"
-            _wait_gateway(bench, via_url, token)
+            via_url, auth = ready_gateway(bench, broker.url, port)
             direct_url = f"{upstream}/v1/chat/completions"
-            auth = {"Authorization": f"Bearer {token}"}
             loads = {
                 "direct-open": bench.clients(
                     direct_url, expected=201, body=BODY, cert=cert, mode="open", rate=RATE
@@ -135,15 +147,17 @@ def gateway(bench: Bench) -> list[Result]:
         # The same gateway with its audit sent to /dev/null without fsync: what the two
         # durable records per request cost (compare with `audit-null` for issuance).
         with bench.broker("gateway-null", gateway=section, durable_audit=False) as broker:
-            token = _credential(bench, broker.url)
-            _wait_gateway(bench, via_url, token)
+            via_url, auth = ready_gateway(bench, broker.url, port)
             loads["via-null"] = bench.clients(
-                via_url,
-                expected=201,
-                body=BODY,
-                headers={"Authorization": f"Bearer {token}"},
-                cert=cert,
+                via_url, expected=201, body=BODY, headers=auth, cert=cert
             )
+        # `broker serve --workers 2`: every worker binds the gateway's port (SO_REUSEPORT).
+        if bench.has_workers:
+            with bench.broker("gateway-workers", gateway=section, workers=2) as broker:
+                via_url, auth = ready_gateway(bench, broker.url, port)
+                loads["via-workers"] = bench.clients(
+                    via_url, expected=201, body=BODY, headers=auth, cert=cert
+                )
     direct_open = Result(
         "gateway-direct-open",
         f"upstream direct, open loop {RATE:g}/s",
@@ -175,4 +189,11 @@ def gateway(bench: Bench) -> list[Result]:
         load=loads["via-null"],
         bare_key="gateway-direct",
     )
-    return [direct_open, via_open, direct_sat, via_sat, via_null]
+    via_workers = Result(
+        "gateway-workers",
+        "through the gateway, --workers 2, saturation",
+        load=loads.get("via-workers"),
+        bare_key="gateway-direct",
+        skipped=None if "via-workers" in loads else "n/a (no --workers)",
+    )
+    return [direct_open, via_open, direct_sat, via_sat, via_null, via_workers]

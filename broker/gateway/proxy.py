@@ -55,6 +55,7 @@ from broker.gateway.budgets import Budgets, Usage, cost_of
 from broker.gateway.config import GatewaySettings, RouteSettings, TokenHeader
 from broker.gateway.routes import Refusal, check_model, check_request, find_route, model_of
 from broker.gateway.verify import GatewayCaller, GatewayRefused, GatewayVerifier
+from broker.identity.tls import connection_chain
 from broker.typing import AuditSink, Clock, KeySource
 from broker.web.problem import problem_response
 
@@ -77,6 +78,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 _CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key"})
+_NOT_FORWARDED = HOP_BY_HOP | _CREDENTIAL_HEADERS
 # The model allow-list applies to requests that carry a JSON body (a GET of
 # `/v1/models` has none and no model to check).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -211,7 +213,8 @@ class Gateway:
             raise NotFound("no such gateway route")
         record.route = route
         record.path = request.path.removeprefix("/" + route.name) or "/"
-        peer = _peer_certificate(request)
+        chain = connection_chain(request.transport)
+        peer = chain[0] if chain else None
         if self._settings.require_client_certificate and peer is None:
             raise GatewayRefused("client_certificate_required", "an X.509-SVID is required")
         token = _token(request, route.key_header)
@@ -271,7 +274,7 @@ class Gateway:
         body: bytes | None,
         key: str,
     ) -> web.StreamResponse:
-        drop = _hop_by_hop(request.headers) | _CREDENTIAL_HEADERS
+        drop = _hop_by_hop(request.headers, _NOT_FORWARDED)
         headers = CIMultiDict(
             (name, value) for name, value in request.headers.items() if name.lower() not in drop
         )
@@ -330,9 +333,7 @@ class Gateway:
     async def _stream_in(self, request: web.Request, record: _Record) -> AsyncIterator[bytes]:
         limit = self._settings.max_body_bytes
         while True:
-            chunk = await asyncio.wait_for(
-                request.content.readany(), self._settings.idle_timeout_seconds
-            )
+            chunk = await _next_chunk(request.content, self._settings.idle_timeout_seconds)
             if not chunk:
                 return
             record.bytes_in += len(chunk)
@@ -390,9 +391,7 @@ class Gateway:
             await response.prepare(request)
             while True:
                 try:
-                    chunk = await asyncio.wait_for(
-                        upstream.content.readany(), self._settings.idle_timeout_seconds
-                    )
+                    chunk = await _next_chunk(upstream.content, self._settings.idle_timeout_seconds)
                 except TimeoutError:
                     # The agent already has the upstream's status: the record says what
                     # became of the exchange (the contract's upstream timeout).
@@ -478,14 +477,18 @@ class Gateway:
         )
 
 
-def _hop_by_hop(headers: CIMultiDictProxy[str]) -> frozenset[str]:
-    """RFC 9110 section 7.6.1: the fixed hop-by-hop headers and those `Connection` names."""
+def _hop_by_hop(
+    headers: CIMultiDictProxy[str], always: frozenset[str] = HOP_BY_HOP
+) -> frozenset[str]:
+    """`always` and, RFC 9110 section 7.6.1, the headers that `Connection` names."""
+    if "Connection" not in headers:
+        return always
     named = {
         token.strip().lower()
         for value in headers.getall("Connection", [])
         for token in value.split(",")
     }
-    return HOP_BY_HOP | named
+    return always | named
 
 
 def _token(request: web.Request, preferred: TokenHeader) -> str | None:
@@ -498,13 +501,17 @@ def _token(request: web.Request, preferred: TokenHeader) -> str | None:
     return from_authorization or from_api_key
 
 
-def _peer_certificate(request: web.Request) -> bytes | None:
-    transport = request.transport
-    tls = transport.get_extra_info("ssl_object") if transport else None
-    if tls is None:
-        return None
-    der = tls.getpeercert(binary_form=True)
-    return bytes(der) if der else None
+async def _next_chunk(stream: aiohttp.StreamReader, idle: float) -> bytes:
+    """The next bytes of a body (b"" at its end), waiting at most `idle` seconds for them.
+
+    What has already arrived is taken without a timer: `asyncio.wait_for` wraps the read
+    in a task of its own (Python 3.11), a cost per chunk that a small body, which arrives
+    with its headers, need not pay.
+    """
+    chunk = stream.read_nowait()
+    if chunk or stream.is_eof():
+        return chunk
+    return await asyncio.wait_for(stream.readany(), idle)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
@@ -524,9 +531,10 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 class _UsageMeter:
     """Finds the reported usage in a JSON body or a server-sent event stream, as it passes.
 
-    JSON: the body's first MiB is kept and parsed at the end. SSE: only `data:` lines that
-    mention `usage` are parsed; the largest input and output counts seen win (OpenAI sends
-    usage in the last event; Anthropic sends input tokens first and output tokens last).
+    JSON: the body's first MiB is kept and parsed at the end, when it mentions `usage` or
+    `model`. SSE: only `data:` lines that mention `usage` are parsed; the largest input and
+    output counts seen win (OpenAI sends usage in the last event; Anthropic sends input
+    tokens first and output tokens last).
     """
 
     __slots__ = ("_buffer", "_input", "_output", "_sse", "model")
@@ -567,7 +575,7 @@ class _UsageMeter:
                 self._output = max(self._output, _int(usage, "completion_tokens", "output_tokens"))
 
     def usage(self) -> Usage | None:
-        if not self._sse and self._buffer:
+        if not self._sse and (b'"usage"' in self._buffer or b'"model"' in self._buffer):
             self._take(bytes(self._buffer))
         if self._input < 0 and self._output < 0:
             return None

@@ -65,8 +65,13 @@ def create_gateway_app(
             connector = aiohttp.TCPConnector(
                 limit=settings.pool_size, keepalive_timeout=30, enable_cleanup_closed=True
             )
+            # No cookie jar: the pool is shared by every agent, so a cookie one upstream
+            # answer sets must not ride along on another agent's requests.
             session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, trust_env=False
+                connector=connector,
+                auto_decompress=False,
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             stack.push_async_callback(session.close)
             tls: dict[str, ssl.SSLContext | bool] = {}

@@ -23,9 +23,11 @@ and old connections finish undisturbed.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ssl
 import sys
+import weakref
 
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -34,7 +36,10 @@ from broker.identity.material import IdentitySnapshot
 from broker.tlsutil import load_cert_chain
 from broker.typing import IdentitySource
 
-__all__ = ["ServerTls", "load_cert_chain", "peer_chain"]
+__all__ = ["ServerTls", "connection_chain", "load_cert_chain", "peer_chain"]
+
+# Each connection's client certificate chain, read once (forgotten with the connection).
+_CHAINS: weakref.WeakKeyDictionary[ssl.SSLObject, tuple[bytes, ...]] = weakref.WeakKeyDictionary()
 
 log = structlog.get_logger(__name__)
 
@@ -155,6 +160,23 @@ class ServerTls:
             ]
             ctx.load_verify_locations(cadata="".join(authorities))
         return ctx
+
+
+def connection_chain(transport: asyncio.BaseTransport | None) -> tuple[bytes, ...]:
+    """The client certificate chain of a connection (DER, leaf first), or () if none.
+
+    Read once per connection: TLS renegotiation is off (`ServerTls`), so the chain cannot
+    change for the connection's life.
+    """
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return ()
+    # Keyed by the connection's SSLObject: unique to the connection and gone with it (a
+    # transport cannot be weakly referenced under uvloop).
+    chain = _CHAINS.get(ssl_object)
+    if chain is None:
+        chain = _CHAINS[ssl_object] = peer_chain(ssl_object)
+    return chain
 
 
 def peer_chain(ssl_object: ssl.SSLObject | None) -> tuple[bytes, ...]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-import ssl
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -26,7 +24,7 @@ from broker.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from broker.identity.tls import peer_chain
+from broker.identity.tls import connection_chain
 from broker.web.keys import CALLER, PIPELINE, PROBES, REQUEST_ID, TRACER, XFCC_HEADER
 from broker.web.problem import oauth_error_response, problem_response
 
@@ -39,8 +37,6 @@ log = structlog.get_logger("broker.request")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 OAUTH_PATHS = frozenset({"/v1/token", "/v1/introspect"})
 _NO_SPAN = contextlib.nullcontext()
-# Each connection's client certificate chain, read once (forgotten with the connection).
-_CHAINS: weakref.WeakKeyDictionary[ssl.SSLObject, tuple[bytes, ...]] = weakref.WeakKeyDictionary()
 # RFC 7009 revocation is a form post; the same endpoint's JSON body is the broker's own API,
 # whose errors stay problem documents (contract section 3).
 OAUTH_FORM_PATHS = frozenset({"/v1/revoke"})
@@ -179,17 +175,8 @@ def presented(request: web.Request) -> Presented:
     The client certificate chain is read once per connection: TLS renegotiation is off,
     so it cannot change for the connection's life.
     """
-    transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    # Keyed by the connection's SSLObject: unique to the connection and gone with it (the
-    # transport itself cannot be weakly referenced under uvloop).
-    chain = _CHAINS.get(ssl_object) if ssl_object is not None else None
-    if chain is None:
-        chain = peer_chain(ssl_object)
-        if ssl_object is not None:
-            _CHAINS[ssl_object] = chain
     return Presented(
-        peer_chain=chain,
+        peer_chain=connection_chain(request.transport),
         authorization=request.headers.get("Authorization"),
         forwarded_client_cert=request.headers.get(request.app[XFCC_HEADER]),
     )

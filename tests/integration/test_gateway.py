@@ -81,6 +81,12 @@ async def env(tmp_path: Path, bao: IssuerVault) -> AsyncIterator[GatewayEnv]:
                 "methods": ["POST"],
                 "budgets": [{"per": "agent", "window_seconds": 3600, "requests": 3}],
             },
+            named={  # by host name: a cookie jar would keep this upstream's cookies
+                "tool": "analytics_api",
+                "upstream": upstream.url.replace("127.0.0.1", "localhost"),
+                "key": {"source": "vault", "path": KV_PATH},
+                "methods": ["POST"],
+            },
         ) as running,
     ):
         yield running
@@ -125,6 +131,23 @@ async def test_agent_calls_upstream_without_holding_the_key(env: GatewayEnv) -> 
     audit = (env.broker.td.root / "audit.log").read_text()
     for secret in (env.upstream.key, token, "q-secret-value", '"content": "hi"'):
         assert secret not in audit
+
+
+async def test_upstream_cookies_are_not_kept_for_other_requests(env: GatewayEnv) -> None:
+    """The upstream pool is shared by every agent: a cookie it sets reaches only its caller."""
+    token = await env.credential()
+    for _ in range(2):
+        async with (
+            env.session() as session,
+            session.post(
+                f"{env.url}/named/v1/chat/completions",
+                json=MESSAGE,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response,
+        ):
+            assert response.status == 200, await response.text()
+            assert "upstream_session=s1" in response.headers["Set-Cookie"]  # passed through
+    assert "Cookie" not in env.upstream.seen[-1]
 
 
 async def refused(

@@ -166,7 +166,9 @@ def upstream_app(upstream: Upstream) -> web.Application:
                 return await _stall(request, upstream, answer[0])
             return await _sse(request, upstream, answer)
         upstream.finished.set()
-        return web.json_response(answer, headers={"X-Upstream": "yes"})
+        # A session cookie, as some providers set: it is the agent's, never another's.
+        headers = {"X-Upstream": "yes", "Set-Cookie": "upstream_session=s1; Path=/"}
+        return web.json_response(answer, headers=headers)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from broker.config.settings import Settings, load_settings
 from broker.dev.trust_domain import init_trust_domain
 from broker.errors import ConfigError
 from broker.gateway.config import TokenHeader
+from broker.workers import for_worker
 
 
 def route(**override: Any) -> dict[str, Any]:
@@ -89,3 +91,15 @@ def test_mistakes_name_the_key(
         load(tmp_path, gateway)
     assert key in str(caught.value)
     assert message in str(caught.value)
+
+
+def test_workers_need_a_fixed_gateway_port(tmp_path: Path) -> None:
+    """`--workers N`: every worker binds the gateway's port, so port 0 is refused up front."""
+    settings = load(tmp_path, {"port": 0, "routes": {"llm": route()}})
+    settings = dataclasses.replace(settings, listen=dataclasses.replace(settings.listen, port=8443))
+    with pytest.raises(ConfigError, match=r"gateway\.port: --workers needs a fixed port"):
+        for_worker(settings, 0, 2)
+    assert for_worker(settings, 0, 1).gateway == settings.gateway  # one process: any port
+    assert settings.gateway is not None
+    fixed = dataclasses.replace(settings, gateway=dataclasses.replace(settings.gateway, port=9443))
+    assert for_worker(fixed, 1, 2).gateway == fixed.gateway
