@@ -189,6 +189,8 @@ class KeyRing:
         self._settings = settings
         self._clock = clock
         self._keys: list[SigningKey] = []
+        # (the key list it was worked out from, the signing key, until when it holds)
+        self._signing: tuple[list[SigningKey], SigningKey, float] | None = None
         self._stamp: tuple[int, int] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -235,10 +237,20 @@ class KeyRing:
         self._stamp = (st.st_mtime_ns, st.st_size)
 
     def signing_key(self) -> SigningKey:
-        """The newest active key."""
+        """The newest active key.
+
+        Worked out again only when the keys change or a new one becomes active: this runs
+        for every token.
+        """
         now = self._clock.time()
+        cached = self._signing
+        if cached is not None and cached[0] is self._keys and now < cached[2]:
+            return cached[1]
         active = [(k.not_before, i, k) for i, k in enumerate(self._keys) if k.not_before <= now]
-        return max(active, key=lambda t: (t[0], t[1]))[2] if active else self._keys[0]
+        key = max(active, key=lambda t: (t[0], t[1]))[2] if active else self._keys[0]
+        until = min((k.not_before for k in self._keys if k.not_before > now), default=math.inf)
+        self._signing = (self._keys, key, until)
+        return key
 
     def published(self) -> list[SigningKey]:
         """Keys verifiers must know: upcoming, active, and retired but possibly still in use."""
