@@ -278,6 +278,10 @@ class Gateway:
         headers = CIMultiDict(
             (name, value) for name, value in request.headers.items() if name.lower() not in drop
         )
+        # The usage the upstream reports (audited, and the spend budgets' input) is read
+        # from the body as it passes: a compressed body could not be read, so an agent
+        # asking for gzip (or aiohttp adding it) would go unmetered. Always identity.
+        headers["Accept-Encoding"] = "identity"
         if route.key_header is TokenHeader.AUTHORIZATION:
             headers["Authorization"] = f"Bearer {key}"
         else:

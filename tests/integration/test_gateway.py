@@ -150,6 +150,25 @@ async def test_upstream_cookies_are_not_kept_for_other_requests(env: GatewayEnv)
     assert "Cookie" not in env.upstream.seen[-1]
 
 
+async def test_the_upstream_answers_uncompressed_so_usage_is_metered(env: GatewayEnv) -> None:
+    """An agent asking for gzip cannot hide its usage: the upstream is asked for identity."""
+    token = await env.credential()
+    async with (
+        env.session() as session,
+        session.post(
+            f"{env.url}{CHAT}",
+            json=MESSAGE,
+            headers={"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip, br"},
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+    assert env.upstream.seen[-1]["Accept-Encoding"] == "identity"
+    assert (await last_request(env))["gateway"]["usage"] == {
+        "input_tokens": 10,
+        "output_tokens": 20,
+    }
+
+
 async def refused(
     env: GatewayEnv,
     path: str,
