@@ -84,3 +84,24 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     root.setLevel(numeric)
     # aiohttp's access log repeats what the request log line says.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _ClientGone) for f in server.filters):
+        server.addFilter(_ClientGone())
+
+
+class _ClientGone(logging.Filter):
+    """A client that closed its connection mid-request is not an error of the broker.
+
+    aiohttp logs it at ERROR with a stack trace ("Error handling request"); the request's
+    own outcome is already recorded (the gateway's `gateway.request`, the API's request
+    line). It becomes one DEBUG line without the trace.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, ConnectionError):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "client closed the connection mid-request", None
+        record.exc_info, record.exc_text = None, None
+        return logging.getLogger().isEnabledFor(logging.DEBUG)

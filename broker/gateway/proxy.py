@@ -102,6 +102,28 @@ class GatewayTimeout(BrokerError):
     title = "Gateway Timeout"
 
 
+class AgentTimeout(BrokerError):
+    """The agent stopped sending its request body for longer than the idle timeout."""
+
+    status = 408
+    code = "request_timeout"
+    title = "Request Timeout"
+    reason = "agent_idle_timeout"
+
+
+class AgentGone(BrokerError):
+    """The agent's connection closed while its request body was being read.
+
+    Nobody receives the answer; 499 (the de facto "client closed request") is what the
+    audit record says.
+    """
+
+    status = 499
+    code = "client_closed_request"
+    title = "Client Closed Request"
+    reason = "agent_disconnected"
+
+
 @dataclass(slots=True)
 class _Record:
     """What the request's audit record says, filled in as the request proceeds."""
@@ -124,6 +146,9 @@ class _Record:
     # The upstream's status, when the agent got it but the exchange then failed (`status`
     # is then the gateway's outcome: 502 or 504).
     upstream_status: int | None = None
+    # The agent's side failed while its body streamed upstream (aiohttp's client then
+    # reports a connection error: this says whose it was).
+    agent_fault: BrokerError | None = None
 
     def details(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -225,7 +250,9 @@ class Gateway:
         try:
             check_request(route, request.method, record.path, raw_rest)
             if route.models is not None and request.method in _BODY_METHODS:
-                body = await _read_body(request, self._settings.max_body_bytes)
+                body = await _read_body(
+                    request, self._settings.max_body_bytes, self._settings.idle_timeout_seconds
+                )
                 record.bytes_in = len(body)
                 record.model = model_of(body)
                 check_model(route, record.model)
@@ -294,7 +321,9 @@ class Gateway:
         if body is None and length is not None and length <= _SMALL_BODY:
             # A small sized body goes in one write with the headers (a stream of one
             # chunk costs a round of the event loop per part); it is all here already.
-            body = await _read_body(request, self._settings.max_body_bytes)
+            body = await _read_body(
+                request, self._settings.max_body_bytes, self._settings.idle_timeout_seconds
+            )
             record.bytes_in = len(body)
         if body is not None:
             data = body
@@ -317,6 +346,8 @@ class Gateway:
                     auto_decompress=False,
                 )
         except TimeoutError as exc:
+            if record.agent_fault is not None:
+                raise record.agent_fault from None
             record.forwarded = not isinstance(exc, aiohttp.ConnectionTimeoutError)
             record.reasons.append("upstream_timeout")
             raise GatewayTimeout("the upstream did not answer in time") from None
@@ -324,6 +355,8 @@ class Gateway:
             record.reasons.append("body_too_large")
             raise
         except (aiohttp.ClientError, OSError) as exc:
+            if record.agent_fault is not None:
+                raise record.agent_fault from None
             # A connection that could not be made (refused, DNS, TLS handshake) carried
             # nothing of the request.
             record.forwarded = not isinstance(exc, aiohttp.ClientConnectorError)
@@ -337,7 +370,11 @@ class Gateway:
     async def _stream_in(self, request: web.Request, record: _Record) -> AsyncIterator[bytes]:
         limit = self._settings.max_body_bytes
         while True:
-            chunk = await _next_chunk(request.content, self._settings.idle_timeout_seconds)
+            try:
+                chunk = await _agent_chunk(request, self._settings.idle_timeout_seconds)
+            except (AgentGone, AgentTimeout) as fault:
+                record.agent_fault = fault
+                raise
             if not chunk:
                 return
             record.bytes_in += len(chunk)
@@ -518,13 +555,33 @@ async def _next_chunk(stream: aiohttp.StreamReader, idle: float) -> bytes:
     return await asyncio.wait_for(stream.readany(), idle)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused beyond `limit` (only for routes with a model allow-list)."""
+async def _agent_chunk(request: web.Request, idle: float) -> bytes:
+    """The next bytes of the agent's body; its silence or its going away is its fault.
+
+    Raises:
+        AgentTimeout: Nothing came for `idle` seconds.
+        AgentGone: The agent's connection closed.
+    """
+    try:
+        return await _next_chunk(request.content, idle)
+    except TimeoutError:
+        raise AgentTimeout(f"no request body data for {idle:g} s") from None
+    except ConnectionError:
+        raise AgentGone("the agent's connection closed during its request body") from None
+
+
+async def _read_body(request: web.Request, limit: int, idle: float) -> bytes:
+    """The whole body, refused beyond `limit` (only for routes with a model allow-list).
+
+    Raises:
+        PayloadTooLarge: Over `limit`.
+        AgentTimeout, AgentGone: The agent stalled or left mid-body.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge("the request body is too large")
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.readany():
+    while chunk := await _agent_chunk(request, idle):
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge("the request body is too large")

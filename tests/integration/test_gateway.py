@@ -7,6 +7,7 @@ OpenBao (KV v2) or a file; agents use the development trust domain's SVIDs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import aiohttp
 import pytest
 
 from broker.audit.chain import verify_files
-from tests.support.broker import free_port
+from tests.support.broker import eventually, free_port
 from tests.support.gateway import GatewayEnv, gateway_broker
 from tests.support.openbao import KV_PATH, IssuerVault, issuer_vault
 from tests.support.upstream import local_upstream
@@ -399,6 +400,42 @@ async def test_stream_stalling_beyond_the_idle_timeout_is_cut(
     assert record["gateway"]["bytes_out"] > 0
 
 
+async def test_an_agent_stalling_its_body_is_cut_and_recorded(
+    tmp_path: Path, bao: IssuerVault
+) -> None:
+    """An agent that stops sending its body holds no handler past the idle timeout: 408."""
+    async with (
+        local_upstream(upstream_key(bao)) as upstream,
+        gateway_broker(tmp_path / "dev", bao, upstream, {"idle_timeout_seconds": 0.2}) as env,
+    ):
+        token = await env.credential()
+        # Streamed upstream as it comes (claude); read whole first, for the model (llm).
+        for route, path in (("claude", "/v1/messages"), ("llm", "/v1/chat/completions")):
+            release = asyncio.Event()
+
+            async def body(release: asyncio.Event = release) -> AsyncIterator[bytes]:
+                yield b'{"model": "gpt-4o-mini", "messages": ['
+                await release.wait()  # silent well beyond the idle timeout
+                yield b"]}"
+
+            with contextlib.suppress(aiohttp.ClientError):
+                async with (
+                    env.session() as session,
+                    session.post(
+                        f"{env.url}/{route}{path}",
+                        data=body(),
+                        headers={"Authorization": f"Bearer {token}", "x-api-key": token},
+                        timeout=aiohttp.ClientTimeout(total=5),
+                    ) as response,
+                ):
+                    await response.read()
+            release.set()
+            record = await last_request(env)
+            assert record["gateway"]["route"] == route
+            assert record["gateway"]["status"] == 408
+            assert record["reasons"] == ["agent_idle_timeout"]
+
+
 def _payload(token: str) -> str:
     import base64
 
@@ -429,3 +466,42 @@ async def test_upstream_timeout_and_body_limit(tmp_path: Path, bao: IssuerVault)
                 assert response.status == 413
             assert len(upstream.seen) == before
             assert (await last_request(env))["reasons"] == ["payload_too_large"]
+
+
+@pytest.mark.parametrize("route", ["named", "llm"])  # streamed upstream; read whole first
+async def test_an_agent_gone_mid_body_is_recorded_as_its_own_doing(
+    env: GatewayEnv, route: str
+) -> None:
+    """The agent's connection drops while its body is read: audited as the agent's doing.
+
+    Streamed upstream, it was recorded as `upstream_unreachable`; read whole first, it
+    escaped as a 500 with no record at all.
+    """
+    token = await env.credential()
+    before = len(env.records("gateway.request"))
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'{"model": "gpt-4o-mini", "messages": ['
+        await asyncio.sleep(0.2)  # the gateway is reading (or forwarding) the body by now
+        raise ConnectionResetError("the agent went away")
+
+    with contextlib.suppress(aiohttp.ClientError, ConnectionResetError):
+        async with (
+            env.session() as session,
+            session.post(
+                f"{env.url}/{route}/v1/chat/completions",
+                data=body(),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            ) as response,
+        ):
+            await response.read()
+
+    async def recorded() -> list[dict[str, Any]]:
+        return env.records("gateway.request")[before:]
+
+    records = await eventually(recorded, within=10)
+    assert len(records) == 1
+    assert records[0]["gateway"]["route"] == route
+    assert records[0]["gateway"]["status"] == 499
+    assert records[0]["reasons"] == ["agent_disconnected"]
+    assert verify_files([env.broker.td.root / "audit.log"]).ok
