@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.harness import Bench
-from bench.model import Check, Result
+from bench.model import Check, Load, Result
 from bench.registry import row
 from bench.rows.common import DENIED_BODY, ISSUE_BODY, bearer, exchange_body
 from bench.targets import at_least, at_most_fraction_of
@@ -13,15 +15,21 @@ from bench.targets import at_least, at_most_fraction_of
 GENERATOR_HEADROOM = 2.0
 
 
-@row("issue-jwt", "broker POST /v1/credentials, JWT-SVID bearer (wrk)")
-def issue_jwt(bench: Bench) -> list[Result]:
+def _issuance(bench: Bench, key: str, **options: Any) -> tuple[Load, Check, str]:
+    """wrk's JWT-SVID issuance against a broker started with `options`: load, audit, RSS."""
     token = bench.domain.jwt_svid("analytics")
-    with bench.broker("issue-jwt") as broker:
+    with bench.broker(key, **options) as broker:
         load = bench.wrk(
             f"{broker.url}/v1/credentials", body=ISSUE_BODY, headers=bearer(token), expected=201
         )
         check = bench.audit_check(broker, issued=load.seen_status(201))
         rss = bench.rss_note(broker)
+    return load, check, rss
+
+
+@row("issue-jwt", "broker POST /v1/credentials, JWT-SVID bearer (wrk)")
+def issue_jwt(bench: Bench) -> list[Result]:
+    load, check, rss = _issuance(bench, "issue-jwt")
     return [
         Result(
             "issue-jwt",
@@ -37,12 +45,7 @@ def issue_jwt(bench: Bench) -> list[Result]:
 @row("issue-jwt-uvloop", "the issuance row on uvloop instead of the standard asyncio loop")
 def issue_jwt_uvloop(bench: Bench) -> list[Result]:
     """What uvloop (an option: BROKER_EVENT_LOOP=uvloop) is worth: the same row on it."""
-    token = bench.domain.jwt_svid("analytics")
-    with bench.broker("issue-jwt-uvloop", env={"BROKER_EVENT_LOOP": "uvloop"}) as broker:
-        load = bench.wrk(
-            f"{broker.url}/v1/credentials", body=ISSUE_BODY, headers=bearer(token), expected=201
-        )
-        check = bench.audit_check(broker, issued=load.seen_status(201))
+    load, check, _ = _issuance(bench, "issue-jwt-uvloop", env={"BROKER_EVENT_LOOP": "uvloop"})
     return [
         Result(
             "issue-jwt-uvloop",
@@ -145,12 +148,7 @@ def workers(bench: Bench) -> list[Result]:
     targets = [at_least("workers", 1.5, "openbao")]
     if not bench.has_workers:
         return [Result("workers", label, skipped="n/a (no --workers)", targets=targets)]
-    token = bench.domain.jwt_svid("analytics")
-    with bench.broker("workers", workers=2) as broker:
-        load = bench.wrk(
-            f"{broker.url}/v1/credentials", body=ISSUE_BODY, headers=bearer(token), expected=201
-        )
-        check = bench.audit_check(broker, issued=load.seen_status(201))
+    load, check, _ = _issuance(bench, "workers", workers=2)
     return [Result("workers", label, load=load, checks=[check], targets=targets)]
 
 
