@@ -5,7 +5,8 @@ binds the same port with SO_REUSEPORT (the kernel spreads connections), writes i
 audit chain (`audit.log` becomes `audit.w0.log`, `audit.w1.log`, ...; chain id
 `<id>-w<N>`), and shares everything else through the configured state store (SQLite
 across the processes of one host, Redis across pods) and the signing key file. Worker 0
-alone serves the plain-HTTP metrics port.
+alone serves the plain-HTTP metrics port; `/metrics` gathers every worker's samples
+(`broker/web/worker_metrics.py`).
 
 The parent only supervises: it forwards SIGTERM, SIGINT and SIGHUP to every worker, and
 when one worker dies unexpectedly it stops the others and exits 1, so that the
@@ -49,7 +50,7 @@ def for_worker(settings: Settings, index: int, count: int) -> Settings:
     """
     if count < 1 or not 0 <= index < count:
         raise ConfigError(f"worker index {index} is out of range for {count} workers")
-    settings = dataclasses.replace(settings, workers=count)
+    settings = dataclasses.replace(settings, workers=count, worker_index=index)
     if count == 1:
         return settings
     if settings.listen.port == 0:

@@ -128,6 +128,7 @@ class Settings:
     log_level: str = "info"
     metrics: MetricsSettings | None = None
     workers: int = 1  # processes serving this configuration (`broker serve --workers`)
+    worker_index: int = 0  # which of them this process is
     tracing: TracingSettings | None = None
     gateway: GatewaySettings | None = None
 

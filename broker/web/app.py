@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import structlog
 from aiohttp import web
 
 from broker.config.settings import Settings
 from broker.constants import MAX_BODY_BYTES
-from broker.runtime import open_runtime
+from broker.runtime import Runtime, open_runtime
 from broker.typing import Clock
 from broker.web.discovery import Discovery
 from broker.web.handlers import (
@@ -35,8 +37,11 @@ from broker.web.keys import (
 )
 from broker.web.middleware import middlewares
 from broker.web.probes import Probes
+from broker.web.worker_metrics import WorkerMetrics
 
 __all__ = ["create_app"]
+
+log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
@@ -49,7 +54,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares())
 
     async def runtime_context(app: web.Application) -> AsyncIterator[None]:
-        async with open_runtime(settings, clock) as runtime:
+        async with (
+            open_runtime(settings, clock) as runtime,
+            _worker_metrics(settings, runtime) as gathered,
+        ):
             app[RUNTIME] = runtime
             app[PIPELINE] = runtime.pipeline
             app[INTROSPECTION] = runtime.introspection
@@ -57,7 +65,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             app[AGENTS] = runtime.agents
             app[CATALOGUE] = runtime.catalogue
             app[DISCOVERY] = Discovery(runtime.tokens, settings.default_issuer)
-            app[PROBES] = Probes(runtime.readiness, runtime.metrics)
+            app[PROBES] = Probes(runtime.readiness, runtime.metrics, gathered)
             app[XFCC_HEADER] = settings.authentication.forwarded_client_cert_header
             if runtime.tracer.enabled:
                 app[TRACER] = runtime.tracer
@@ -81,3 +89,25 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     app.router.add_post("/v1/admin/approvals/{approval_id}", approvals.decide)
     app.router.add_get("/v1/approvals/{approval_id}", approvals.collect)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _worker_metrics(
+    settings: Settings, runtime: Runtime
+) -> AsyncIterator[Callable[[], Awaitable[bytes]] | None]:
+    """Under `--workers`, this worker's metrics socket and the gathering of all (else None)."""
+    if settings.workers <= 1:
+        yield None
+        return
+    worker = WorkerMetrics(runtime.metrics, settings.worker_index, settings.workers)
+    try:
+        await worker.start()
+    except OSError as exc:
+        # Metrics are not worth a worker: this one answers with its own samples only.
+        log.warning("worker metrics socket not available", error=str(exc))
+        yield None
+        return
+    try:
+        yield worker.exposition
+    finally:
+        await worker.close()

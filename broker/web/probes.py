@@ -16,3 +16,11 @@ class Probes:
 
     readiness: Callable[[], Awaitable[dict[str, bool]]]
     metrics: Metrics
+    # Under `--workers`: every worker's exposition (`worker_metrics`); else this one's.
+    gathered: Callable[[], Awaitable[bytes]] | None = None
+
+    async def exposition(self) -> bytes:
+        """What `/metrics` answers."""
+        if self.gathered is not None:
+            return await self.gathered()
+        return self.metrics.exposition()

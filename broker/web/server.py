@@ -105,7 +105,7 @@ async def serve(
         )
         await site.start()
         if settings.metrics is not None:
-            side_runners.append(await _start_metrics_listener(settings.metrics, runtime))
+            side_runners.append(await _start_metrics_listener(settings.metrics, app[PROBES]))
         if settings.gateway is not None:
             gateway_runner, gateway_site, gateway_url = await start_gateway(
                 settings.gateway, runtime, [in_flight.middleware], reuse_port=settings.workers > 1
@@ -197,10 +197,10 @@ async def _until_drained(
             loop.remove_signal_handler(sig)
 
 
-async def _start_metrics_listener(settings: MetricsSettings, runtime: Runtime) -> web.AppRunner:
+async def _start_metrics_listener(settings: MetricsSettings, probes: Probes) -> web.AppRunner:
     """Plain HTTP for Prometheus: GET /metrics and /healthz, problem+json 404 for the rest."""
     app = web.Application(middlewares=[problems])
-    app[PROBES] = Probes(runtime.readiness, runtime.metrics)
+    app[PROBES] = probes
     app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/healthz", health.healthz)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from broker.clock import SystemClock
 from broker.dev.trust_domain import DevTrustDomain, init_trust_domain
@@ -35,6 +36,16 @@ def configure(td: DevTrustDomain, port: int) -> Path:
     data["listen"]["port"] = port
     td.config.write_text(yaml.safe_dump(data))
     return td.config
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """`name{labels}` -> value, labels sorted (the exposition's own order may differ)."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
 
 
 def audit_records(path: Path) -> list[dict[str, object]]:
@@ -64,6 +75,20 @@ async def test_two_workers_share_the_port_state_and_keys(
         assert all(issued), "both workers served requests"
         assert sum(len(i) for i in issued) == 24
         assert {r["chain"] for r in issued[0]} != {r["chain"] for r in issued[1]}
+
+        # /metrics, whichever worker answers the scrape, counts both workers' issuances.
+        for _ in range(6):  # a new connection each: both workers answer some scrapes
+            scrape = await Agent(td, url, None).request("GET", "/metrics")
+            assert scrape.status == 200
+            samples = metric_samples(str(scrape.body))
+            assert samples['broker_worker_up{worker="0"}'] == 1
+            assert samples['broker_worker_up{worker="1"}'] == 1
+            issued_total = sum(
+                value
+                for name, value in samples.items()
+                if name.startswith("broker_credentials_issued_total{")
+            )
+            assert issued_total == 24
 
         # One JWKS: both workers sign with keys of the one key file.
         jwks = {

@@ -71,5 +71,5 @@ async def _ready(request: web.Request, *, required: Collection[str] | None) -> w
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics (no authentication: Prometheus scrapes them)."""
-    body = request.app[PROBES].metrics.exposition()
+    body = await request.app[PROBES].exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
