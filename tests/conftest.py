@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import faulthandler
 import os
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +34,23 @@ def _broker_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 _LEAKS_DIR = "BROKER_TEST_LEAK_FINDINGS"
 
 
+def _dump_tasks(_signum: int, _frame: object) -> None:
+    """SIGUSR1: print every asyncio task's stack and every thread's (a stuck test, live)."""
+    faulthandler.dump_traceback(all_threads=True)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    for task in asyncio.all_tasks(loop):
+        task.print_stack(file=sys.stderr)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """The controller makes a directory where xdist workers leave their scan findings."""
+    """The controller makes a directory where xdist workers leave their scan findings.
+
+    Every process (controller and workers) dumps its stacks and tasks on SIGUSR1.
+    """
+    signal.signal(signal.SIGUSR1, _dump_tasks)
     if not hasattr(config, "workerinput"):
         os.environ[_LEAKS_DIR] = tempfile.mkdtemp(prefix="broker-leak-findings-")
 
