@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.broker import free_port
+from tests.support.redis_control import controlled_redis
 
 
 @dataclass
@@ -44,46 +45,9 @@ def _stop(pid: int, timeout: float = 10.0) -> None:
 @contextmanager
 def redis_server(directory: Path) -> Iterator[RedisServer]:
     """A throw-away redis-server (no persistence), stopped by PID."""
-    binary = shutil.which("redis-server")
-    if binary is None:  # `make test` installs it; a bare pytest run must say why
-        raise RuntimeError("redis-server is not installed: run `make test` (it installs it)")
-    port = free_port()
-    directory.mkdir(parents=True, exist_ok=True)
-    pidfile = directory / "redis.pid"
-    subprocess.run(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--daemonize",
-            "yes",
-            "--pidfile",
-            str(pidfile),
-            "--dir",
-            str(directory),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            str(directory / "redis.log"),
-        ],
-        check=True,
-    )
-    deadline = time.monotonic() + 10
-    while not pidfile.exists() or not pidfile.read_text().strip():
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"redis-server did not start: {(directory / 'redis.log').read_text()}"
-            )
-        time.sleep(0.02)
-    pid = int(pidfile.read_text())
-    try:
-        yield RedisServer(port, pid)
-    finally:
-        _stop(pid)
+    with controlled_redis(directory, persistent=False) as server:
+        assert server.pid is not None
+        yield RedisServer(server.port, server.pid)
 
 
 def _pg_bin() -> Path:
