@@ -31,21 +31,16 @@ from broker.typing import StateStore
 from tests.support.clock import ManualClock
 from tests.support.faults import crash_server
 from tests.support.servers import RedisServer, redis_server
+from tests.support.stores import STORE_KINDS, open_store
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock, redis: RedisServer
 ) -> AsyncIterator[StateStore]:
     """Each implementation, fresh (Redis: a key prefix of its own)."""
-    implementation: StateStore
-    if request.param == "sqlite":
-        implementation = SqliteStateStore(tmp_path / "state.db", clock)
-    else:
-        implementation = RedisStateStore(redis.url, clock, prefix=f"t{secrets.token_hex(4)}:")
-    await implementation.start()
-    yield implementation
-    await implementation.close()
+    async with open_store(request.param, tmp_path, clock, redis) as opened:
+        yield opened
 
 
 def record(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from broker.gateway.config import (
     RouteSettings,
     TokenHeader,
 )
-from broker.state.redis import RedisStateStore
 from broker.state.sqlite import SqliteStateStore
 from broker.typing import StateStore
 from tests.support.clock import ManualClock
 from tests.support.servers import RedisServer
+from tests.support.stores import STORE_KINDS, open_store
 
 AGENT = "spiffe://example.org/agent/a"
 USER = UserRef("https://idp", "alice")
@@ -42,19 +41,13 @@ def route(*budgets: BudgetSettings) -> RouteSettings:
     )
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=STORE_KINDS)
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock, redis: RedisServer
 ) -> AsyncIterator[StateStore]:
     """Each state store."""
-    implementation: StateStore
-    if request.param == "sqlite":
-        implementation = SqliteStateStore(tmp_path / "state.db", clock)
-    else:
-        implementation = RedisStateStore(redis.url, clock, prefix=f"g{secrets.token_hex(4)}:")
-    await implementation.start()
-    yield implementation
-    await implementation.close()
+    async with open_store(request.param, tmp_path, clock, redis) as opened:
+        yield opened
 
 
 async def test_request_budget_per_user(store: StateStore, clock: ManualClock) -> None:
