@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -259,6 +260,31 @@ class Decision:
     reasons: tuple[str, ...] = ()
     messages: tuple[str, ...] = ()
     would_deny: tuple[ShadowDenial, ...] = ()
+
+    @classmethod
+    def denial(
+        cls,
+        decision_id: str,
+        *,
+        policy_id: str,
+        policy_version: str,
+        reasons: Sequence[str],
+        messages: Sequence[str],
+        tools: tuple[ToolGrant, ...] = (),
+        would_deny: tuple[ShadowDenial, ...] = (),
+    ) -> Decision:
+        """A denial (no TTL) under the policy `policy_id` at `policy_version`."""
+        return cls(
+            decision_id=decision_id,
+            allow=False,
+            policy_id=policy_id,
+            policy_version=policy_version,
+            ttl_granted=0,
+            tools=tools,
+            reasons=tuple(reasons),
+            messages=tuple(messages),
+            would_deny=would_deny,
+        )
 
     @property
     def shadow(self) -> tuple[str, ...]:

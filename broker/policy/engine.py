@@ -196,15 +196,13 @@ class PolicyEngine:
         would_deny: tuple[ShadowDenial, ...] = (),
     ) -> Decision:
         """A denial under this policy (also for refusals decided before the rules run)."""
-        return Decision(
-            decision_id=decision_id,
-            allow=False,
+        return Decision.denial(
+            decision_id,
             policy_id=self.policy.id,
             policy_version=self.policy.version,
-            ttl_granted=0,
+            reasons=reasons,
+            messages=messages,
             tools=tools,
-            reasons=tuple(reasons),
-            messages=tuple(messages),
             would_deny=would_deny,
         )
 

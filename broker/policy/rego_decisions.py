@@ -270,14 +270,11 @@ class RegoDecisions:
         would_deny: tuple[ShadowDenial, ...] = (),
     ) -> Decision:
         """A denial under this policy."""
-        return Decision(
-            decision_id=decision_id,
-            allow=False,
+        return Decision.denial(
+            decision_id,
             policy_id=self.program.id,
             policy_version=self.program.version,
-            ttl_granted=0,
-            tools=(),
-            reasons=tuple(reasons),
-            messages=tuple(messages),
+            reasons=reasons,
+            messages=messages,
             would_deny=would_deny,
         )
