@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from bench.harness import Bench
@@ -45,11 +46,14 @@ def issue_jwt(bench: Bench) -> list[Result]:
 @row("issue-jwt-uvloop", "the issuance row on uvloop instead of the standard asyncio loop")
 def issue_jwt_uvloop(bench: Bench) -> list[Result]:
     """What uvloop (an option: BROKER_EVENT_LOOP=uvloop) is worth: the same row on it."""
+    label = "broker issuance, JWT-SVID bearer, uvloop"
+    if importlib.util.find_spec("uvloop") is None:
+        return [Result("issue-jwt-uvloop", label, skipped="n/a (uvloop not installed)")]
     load, check, _ = _issuance(bench, "issue-jwt-uvloop", env={"BROKER_EVENT_LOOP": "uvloop"})
     return [
         Result(
             "issue-jwt-uvloop",
-            "broker issuance, JWT-SVID bearer, uvloop",
+            label,
             load=load,
             checks=[check],
             notes=["BROKER_EVENT_LOOP=uvloop: libuv's loop and its TLS transport"],
