@@ -430,28 +430,31 @@ class Gateway:
         held = b""
         try:
             await response.prepare(request)
-            while True:
-                try:
-                    chunk = await _next_chunk(upstream.content, self._settings.idle_timeout_seconds)
-                except TimeoutError:
-                    # The agent already has the upstream's status: the record says what
-                    # became of the exchange (the contract's upstream timeout).
-                    record.reasons.append("upstream_idle_timeout")
-                    record.upstream_status, record.status = record.status, GatewayTimeout.status
-                    return False, b""
-                if not chunk:
-                    # Read to the end (not just the last byte), so that the upstream
-                    # connection goes back to the keep-alive pool.
-                    return True, held
-                record.bytes_out += len(chunk)
-                meter.feed(chunk)
-                if record.bytes_out == upstream.content_length:
-                    held = chunk  # the agent sees the end with these bytes
-                    continue
+        except OSError:  # ConnectionError and aiohttp's ClientConnectionResetError among them
+            return _cut(record, AgentGone.status, AgentGone.reason)
+        while True:
+            try:
+                chunk = await _next_chunk(upstream.content, self._settings.idle_timeout_seconds)
+            except TimeoutError:
+                return _cut(record, GatewayTimeout.status, "upstream_idle_timeout")
+            except (aiohttp.ClientError, OSError):
+                # The upstream broke its body off (closed, reset, malformed chunking).
+                return _cut(record, BadGateway.status, "upstream_interrupted")
+            if not chunk:
+                # Read to the end (not just the last byte), so that the upstream
+                # connection goes back to the keep-alive pool.
+                return True, held
+            record.bytes_out += len(chunk)
+            meter.feed(chunk)
+            if record.bytes_out == upstream.content_length:
+                held = chunk  # the agent sees the end with these bytes
+                continue
+            try:
                 await response.write(chunk)
-        except (aiohttp.ClientError, OSError):
-            record.reasons.append("stream_interrupted")
-            return False, b""
+            except OSError:
+                # The agent went away: nobody reads the rest, so the upstream is cut
+                # too (its connection is closed on release) rather than left generating.
+                return _cut(record, AgentGone.status, AgentGone.reason)
 
     async def _complete(self, request: web.Request, record: _Record, route: RouteSettings) -> None:
         """Record the spend (awaited: the agent's next request must see it), then audit.
@@ -516,6 +519,17 @@ class Gateway:
             reasons=tuple(record.reasons),
             details=record.details(),
         )
+
+
+def _cut(record: _Record, status: int, reason: str) -> tuple[bool, bytes]:
+    """A response body that did not arrive whole: whose doing it was, in the record.
+
+    The agent already has the upstream's status; the record keeps it as `upstream_status`
+    and says what became of the exchange (`status`, `reason`).
+    """
+    record.reasons.append(reason)
+    record.upstream_status, record.status = record.status, status
+    return False, b""
 
 
 def _hop_by_hop(

@@ -400,6 +400,69 @@ async def test_stream_stalling_beyond_the_idle_timeout_is_cut(
     assert record["gateway"]["bytes_out"] > 0
 
 
+async def test_an_upstream_breaking_off_its_body_is_recorded_as_its_doing(
+    tmp_path: Path, bao: IssuerVault
+) -> None:
+    """The upstream drops its connection mid-stream: recorded as its doing (502).
+
+    The agent never sees a complete body; the record keeps the 200 it had received.
+    """
+    async with (
+        local_upstream(upstream_key(bao)) as upstream,
+        gateway_broker(tmp_path / "dev", bao, upstream) as env,
+    ):
+        token = await env.credential()
+        async with (
+            env.session() as session,
+            session.post(
+                f"{env.url}/llm/v1/chat/break",
+                json={**MESSAGE, "stream": True},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as response,
+        ):
+            assert response.status == 200
+            assert (await response.content.readline()).startswith(b"data: ")
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await asyncio.wait_for(response.read(), 5)  # cut, never complete
+        record = await last_request(env)
+    assert record["decision"] == "allow"
+    assert record["reasons"] == ["upstream_interrupted"]
+    assert record["gateway"]["status"] == 502
+    assert record["gateway"]["upstream_status"] == 200
+    assert record["gateway"]["bytes_out"] > 0
+
+
+async def test_an_agent_gone_mid_response_is_recorded_as_its_own_doing(env: GatewayEnv) -> None:
+    """The agent hangs up while the response streams: 499 `agent_disconnected`.
+
+    It was recorded as the stream's failure, as though the upstream had broken off.
+    """
+    env.upstream.hold = True
+    token = await env.credential()
+    before = len(env.records("gateway.request"))
+    async with (
+        env.session() as session,
+        session.post(
+            f"{env.url}{CHAT}",
+            json={**MESSAGE, "stream": True},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        assert (await response.content.readline()).startswith(b"data: ")
+        response.close()  # the agent hangs up with the rest of the stream still coming
+    await asyncio.sleep(0.2)  # the gateway has seen the connection go
+    env.upstream.release.set()
+
+    async def recorded() -> list[dict[str, Any]]:
+        return env.records("gateway.request")[before:]
+
+    records = await eventually(recorded, within=10)
+    assert len(records) == 1
+    assert records[0]["reasons"] == ["agent_disconnected"]
+    assert records[0]["gateway"]["status"] == 499
+    assert records[0]["gateway"]["upstream_status"] == 200
+
+
 async def test_an_agent_stalling_its_body_is_cut_and_recorded(
     tmp_path: Path, bao: IssuerVault
 ) -> None:

@@ -3,7 +3,8 @@
 It answers only requests carrying its key (`Authorization: Bearer` or `x-api-key`), keeps
 what it saw (to prove the agent's credential never reached it), and holds a streamed
 response after its first event until the test releases it (to prove the gateway streams).
-A path ending in `/stall` streams one event and then nothing, until the client goes away.
+A path ending in `/stall` streams one event and then nothing, until the client goes away;
+one ending in `/break` streams one event and then drops its connection mid-body.
 """
 
 from __future__ import annotations
@@ -64,6 +65,27 @@ async def _stall(request: web.Request, upstream: Upstream, first: str) -> web.St
             break
         await asyncio.sleep(0.01)
     return response
+
+
+async def _break(request: web.Request, first: str) -> web.StreamResponse:
+    """Send the first event, then close the connection without ending the chunked body."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(first.encode())
+    await asyncio.sleep(0.05)  # the event leaves on its own, before the connection drops
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+async def _stream(
+    request: web.Request, upstream: Upstream, events: list[str]
+) -> web.StreamResponse:
+    if request.path.endswith("/stall"):
+        return await _stall(request, upstream, events[0])
+    if request.path.endswith("/break"):
+        return await _break(request, events[0])
+    return await _sse(request, upstream, events)
 
 
 def _openai(model: str, stream: bool) -> list[str] | dict[str, Any]:
@@ -162,9 +184,7 @@ def upstream_app(upstream: Upstream) -> web.Application:
         builder = _anthropic if request.path.endswith("/messages") else _openai
         answer = builder(str(body.get("model")), bool(body.get("stream")))
         if isinstance(answer, list):
-            if request.path.endswith("/stall"):
-                return await _stall(request, upstream, answer[0])
-            return await _sse(request, upstream, answer)
+            return await _stream(request, upstream, answer)
         upstream.finished.set()
         # A session cookie, as some providers set: it is the agent's, never another's.
         headers = {"X-Upstream": "yes", "Set-Cookie": "upstream_session=s1; Path=/"}
