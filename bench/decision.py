@@ -2,13 +2,16 @@
 
 Baselines from the same run: the 10-agent decision for the 10,000-agent one (the index
 must make them equal), and a bare `jwt.encode` of the same claims with the same key for
-the broker's mint (the difference is the broker's own work).
+the broker's mint (the difference is the broker's own work). With the `rego` extra, the
+Rego engine's decision of the development policy too (`bench.rego`): a first evaluation
+and a repeated input (its remembered result).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import tempfile
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -24,6 +27,7 @@ from broker.domain import AuthMethod, Caller, RequestContext, UserContext
 from broker.issuers.base import IssueRequest
 from broker.issuers.jwt import JwtIssuer, KeyRing
 from broker.issuers.jwt.config import JwtIssuerSettings
+from broker.logging import configure_logging
 from broker.policy.engine import PolicyEngine
 from broker.policy.loader import load_policy
 
@@ -120,24 +124,50 @@ def mint(directory: Path, scale: float = 1.0) -> tuple[float, float]:
         loop.close()
 
 
+def rego(directory: Path, scale: float = 1.0) -> tuple[float, float] | None:
+    """(first evaluation, repeated input) of a Rego decision; None without regopy."""
+    if importlib.util.find_spec("regopy") is None:
+        return None
+    from bench.rego import memo_costs  # noqa: PLC0415 - it needs regopy, an optional extra
+
+    # An evaluation costs ~50x a remembered decision: a tenth of the calls is as steady.
+    return memo_costs(directory, max(100, int(2_000 * scale)), int(20_000 * scale))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench.decision")
     parser.add_argument("--quick", action="store_true", help="a tenth of the calls")
     parser.add_argument("--scale", type=float, help="fraction of the calls (default 1)")
     args = parser.parse_args(argv)
     scale = args.scale or (0.1 if args.quick else 1.0)
+    configure_logging("warning")  # the policy's "loaded" lines are not results
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         cost = decisions(directory, scale)
         bare, ours = mint(directory, scale)
+        rego_costs = rego(directory, scale)
     print(
         "policy decision (2 tools, user conditions, limits), best of 2 medians of 5 x "
         f"{int(20_000 * scale):,} calls"
     )
-    print(f"  10 agents      {cost[10]:8.1f} us   (baseline)")
+    print(f"  {'10 agents':<21} {cost[10]:8.1f} us   (baseline)")
     print(
-        f"  10,000 agents  {cost[10_000]:8.1f} us   ({cost[10_000] / cost[10]:.2f}x the baseline)"
+        f"  {'10,000 agents':<21} {cost[10_000]:8.1f} us   "
+        f"({cost[10_000] / cost[10]:.2f}x the baseline)"
     )
+    if rego_costs is None:
+        print("  Rego first evaluation n/a: regopy not installed")
+        print("  Rego repeated input   n/a: regopy not installed")
+    else:
+        first, repeated = rego_costs
+        print(
+            f"  {'Rego first evaluation':<21} {first:8.1f} us   (the dev policy, a new input "
+            f"each time; median of 5 x {max(100, int(2_000 * scale)):,} calls)"
+        )
+        print(
+            f"  {'Rego repeated input':<21} {repeated:8.1f} us   (the same input: its "
+            "remembered result; target <= 100 us)"
+        )
     print(f"JWT mint (ES256 by default), median of 5 x {int(5_000 * scale):,} calls")
     print(f"  jwt.encode     {bare:8.1f} us   (baseline: the library alone)")
     print(f"  broker mint    {ours:8.1f} us   (+{ours - bare:.1f} us: claims, jti, credential)")

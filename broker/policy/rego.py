@@ -4,8 +4,10 @@
 The module(s) and data document are compiled once per load into a bundle with the query
 as its entrypoint (`rego_program`); each request is one input document, one entrypoint
 query and one small JSON result (`rego_decisions`, through rego-cpp's C API:
-`rego_cpp`). The files are watched and reloaded like the rule engine's, validated first
-(a module that does not compile, or a malformed registry, keeps the running policy).
+`rego_cpp`), or the result remembered for an input that agrees on every field the
+policy reads (`rego_reads`). The files are watched and reloaded like the rule engine's,
+validated first (a module that does not compile, or a malformed registry, keeps the
+running policy).
 """
 
 from __future__ import annotations

@@ -6,12 +6,16 @@ rule engine: a tool the agent's entry does not declare is `tool_not_declared`, w
 the policy says. Default deny: an undefined result, a result that is not an object, or a
 runtime error denies (`policy_undefined`, `policy_error`). Caps are enforced here too:
 whatever the policy returns, a TTL over 300 s or over a tool's cap is never granted.
+
+Results are remembered per load under the input fields the policy reads (see
+`RegoDecisions`): the same question asked again costs a key and a lookup, not rego-cpp.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,7 +34,7 @@ from broker.policy.rego_cpp import Interpreter, RegoCppError
 if TYPE_CHECKING:
     from broker.policy.rego_program import RegoProgram
 
-__all__ = ["GrantSpec", "RegoDecisions", "grant_spec", "input_document"]
+__all__ = ["MEMO_ENTRIES", "GrantSpec", "RegoDecisions", "grant_spec", "input_document"]
 
 log = structlog.get_logger(__name__)
 
@@ -39,44 +43,59 @@ _PER = frozenset({"agent", "user", "tool"})
 _MAX_TEXT = 512
 
 
-def input_document(ctx: RequestContext) -> dict[str, object]:
-    """The input every request is decided on (the same shape for every request)."""
+def _caller(ctx: RequestContext) -> object:
+    caller = ctx.caller
+    return {
+        "spiffe_id": caller.spiffe_id,
+        "trust_domain": caller.trust_domain,
+        "method": str(caller.method),
+        "via_proxy": caller.via_proxy,
+    }
+
+
+def _user(ctx: RequestContext) -> object:
     user = ctx.user
+    if user is None:
+        return None
+    return {
+        "iss": user.issuer,
+        "sub": user.subject,
+        "tier": user.tier,
+        "groups": list(user.groups),
+        "exp": int(user.expires_at),
+    }
+
+
+def _time(ctx: RequestContext) -> object:
     now = ctx.now
     return {
-        "caller": {
-            "spiffe_id": ctx.caller.spiffe_id,
-            "trust_domain": ctx.caller.trust_domain,
-            "method": str(ctx.caller.method),
-            "via_proxy": ctx.caller.via_proxy,
-        },
-        "user": (
-            {
-                "iss": user.issuer,
-                "sub": user.subject,
-                "tier": user.tier,
-                "groups": list(user.groups),
-                "exp": int(user.expires_at),
-            }
-            if user is not None
-            else None
+        "unix": int(now.timestamp()),
+        "rfc3339": (
+            f"{now.year:04d}-{now.month:02d}-{now.day:02d}"
+            f"T{now.hour:02d}:{now.minute:02d}:{now.second:02d}Z"
         ),
-        "actors": list(ctx.actors),
-        "delegation_chain": list(ctx.delegation_chain),
-        "tools": list(ctx.tools),
-        "ttl_requested": ctx.ttl_requested,
-        "scopes": list(ctx.scopes) if ctx.scopes is not None else None,
-        "time": {
-            "unix": int(now.timestamp()),
-            "rfc3339": (
-                f"{now.year:04d}-{now.month:02d}-{now.day:02d}"
-                f"T{now.hour:02d}:{now.minute:02d}:{now.second:02d}Z"
-            ),
-            "weekday": _WEEKDAYS[now.weekday()],
-            "hour": now.hour,
-            "minute": now.minute,
-        },
+        "weekday": _WEEKDAYS[now.weekday()],
+        "hour": now.hour,
+        "minute": now.minute,
     }
+
+
+# The input document, field by field: a memo key is built from the fields a policy reads.
+_INPUT: dict[str, Callable[[RequestContext], object]] = {
+    "caller": _caller,
+    "user": _user,
+    "actors": lambda ctx: list(ctx.actors),
+    "delegation_chain": lambda ctx: list(ctx.delegation_chain),
+    "tools": lambda ctx: list(ctx.tools),
+    "ttl_requested": lambda ctx: ctx.ttl_requested,
+    "scopes": lambda ctx: list(ctx.scopes) if ctx.scopes is not None else None,
+    "time": _time,
+}
+
+
+def input_document(ctx: RequestContext) -> dict[str, object]:
+    """The input every request is decided on (the same shape for every request)."""
+    return {name: part(ctx) for name, part in _INPUT.items()}
 
 
 def _strings(value: object) -> tuple[str, ...]:
@@ -154,8 +173,23 @@ def _would_deny(value: object) -> tuple[ShadowDenial, ...]:
     )
 
 
+MEMO_ENTRIES = 4096
+_MISSING = object()
+# The key is the JSON of the values read: as exact as the input rego-cpp is given (JSON
+# tells `true` from `1` and `1` from `1.0`, which equal tuples would not), and cheaper.
+_encode_key = json.JSONEncoder(sort_keys=True, separators=(",", ":"), check_circular=False).encode
+
+
 class RegoDecisions:
-    """Decides requests with one compiled policy (one thread at a time: its interpreter)."""
+    """Decides requests with one compiled policy (one thread at a time: its interpreter).
+
+    The policy's results are remembered under the input fields it reads
+    (`RegoProgram.reads`): a later request whose input agrees on them gets the result the
+    evaluation gave, read again for this request (its tools, TTL, scopes, the expiries,
+    its decision id). Nothing is remembered when the fields cannot be told, nor an
+    evaluation that failed. At most `MEMO_ENTRIES` results, the oldest forgotten first;
+    a reload is a new `RegoDecisions`, so a result never outlives its modules and data.
+    """
 
     def __init__(self, program: RegoProgram, tool_scopes: Mapping[str, Sequence[str]]) -> None:
         """Args: the compiled policy; each tool's scopes from the catalogue."""
@@ -163,6 +197,12 @@ class RegoDecisions:
         self.engine = PolicyEngine(program.policy)  # the registry, for the guard and directory
         self._scopes = {k: tuple(v) for k, v in tool_scopes.items()}
         self._interpreter = Interpreter()
+        reads = program.reads
+        # A field the input does not have is undefined for every request: not in the key.
+        self._key_parts = (
+            None if reads is None else tuple(_INPUT[name] for name in sorted(reads & _INPUT.keys()))
+        )
+        self._results: dict[str, object] = {}
 
     def decide(self, ctx: RequestContext, decision_id: str) -> Decision:
         """Decide on the input document (in memory: no I/O, never raises)."""
@@ -171,14 +211,41 @@ class RegoDecisions:
         if undeclared:
             messages = [f"agent {agent} does not declare tool {t}" for t in undeclared]
             return self.deny(decision_id, ("tool_not_declared",), messages)
-        program = self.program
         try:
-            self._interpreter.set_input(input_document(ctx))
-            result = self._interpreter.query(program.bundle, program.entrypoint)
+            result = self._result(ctx)
         except RegoCppError as exc:
             log.error("rego evaluation failed", reason=str(exc)[:_MAX_TEXT])  # noqa: TRY400
             return self.deny(decision_id, ("policy_error",), ("the policy could not be evaluated",))
         return self._decision(ctx, decision_id, result)
+
+    def _result(self, ctx: RequestContext) -> object:
+        """The policy's result for this input: remembered, or evaluated (and remembered).
+
+        Raises:
+            RegoCppError: The evaluation failed (never remembered).
+        """
+        parts = self._key_parts
+        if parts is None:
+            return self._evaluate(ctx)
+        key = _encode_key([part(ctx) for part in parts])
+        results = self._results
+        result = results.get(key, _MISSING)
+        if result is _MISSING:
+            result = self._evaluate(ctx)
+            if len(results) >= MEMO_ENTRIES:
+                del results[next(iter(results))]  # the oldest: dicts keep insertion order
+            results[key] = result
+        return result
+
+    def _evaluate(self, ctx: RequestContext) -> object:
+        """One evaluation: the whole input document, the entrypoint, the parsed result.
+
+        The result (an undefined or malformed one too: it is what the policy says for
+        this input) is shared by every request with the same key, so it is only read.
+        """
+        program = self.program
+        self._interpreter.set_input(input_document(ctx))
+        return self._interpreter.query(program.bundle, program.entrypoint)
 
     def _decision(self, ctx: RequestContext, decision_id: str, result: object) -> Decision:
         if result is None:

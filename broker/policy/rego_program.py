@@ -28,6 +28,7 @@ from broker.policy.loader import load_agents
 from broker.policy.model import AgentEntry, Policy
 from broker.policy.rego_cpp import Bundle, Interpreter, RegoCppError, build
 from broker.policy.rego_decisions import GrantSpec, grant_spec
+from broker.policy.rego_reads import input_fields
 
 __all__ = ["RegoProgram", "RegoSources", "archived_sources", "compile_rego", "read_sources"]
 
@@ -108,7 +109,12 @@ def archived_sources(raw: bytes, suffix: str, where: Path) -> RegoSources:
 
 @dataclass(frozen=True, slots=True)
 class RegoProgram:
-    """One compiled load of a Rego policy."""
+    """One compiled load of a Rego policy.
+
+    `reads` is the set of top-level input fields the modules read (`rego_reads`), or None
+    when that cannot be told (the input read whole, a clock or network builtin): a result
+    is reused for an input that agrees on those fields, never when None.
+    """
 
     id: str
     declared_version: str
@@ -119,6 +125,7 @@ class RegoProgram:
     entrypoint: bytes
     grants: Mapping[str, GrantSpec] = field(default_factory=dict)
     agents: tuple[AgentEntry, ...] = ()
+    reads: frozenset[str] | None = None
 
     @property
     def version(self) -> str:
@@ -181,4 +188,5 @@ def compile_rego(sources: RegoSources, *, known_tools: frozenset[str] | None = N
         entrypoint=entrypoint.encode(),
         grants=_grants(sources),
         agents=load_agents(registry, known_tools),
+        reads=input_fields(sources.modules),
     )
