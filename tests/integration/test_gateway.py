@@ -435,23 +435,21 @@ async def test_an_upstream_breaking_off_its_body_is_recorded_as_its_doing(
 async def test_an_agent_gone_mid_response_is_recorded_as_its_own_doing(env: GatewayEnv) -> None:
     """The agent hangs up while the response streams: 499 `agent_disconnected`.
 
-    It was recorded as the stream's failure, as though the upstream had broken off.
+    It was recorded as the stream's failure, as though the upstream had broken off. The
+    upstream, still streaming, is cut too: nobody would read the rest.
     """
-    env.upstream.hold = True
     token = await env.credential()
     before = len(env.records("gateway.request"))
     async with (
         env.session() as session,
         session.post(
-            f"{env.url}{CHAT}",
+            f"{env.url}/llm/v1/chat/drip",
             json={**MESSAGE, "stream": True},
             headers={"Authorization": f"Bearer {token}"},
         ) as response,
     ):
         assert (await response.content.readline()).startswith(b"data: ")
-        response.close()  # the agent hangs up with the rest of the stream still coming
-    await asyncio.sleep(0.2)  # the gateway has seen the connection go
-    env.upstream.release.set()
+        response.close()  # the agent hangs up with the stream still coming
 
     async def recorded() -> list[dict[str, Any]]:
         return env.records("gateway.request")[before:]
@@ -461,6 +459,7 @@ async def test_an_agent_gone_mid_response_is_recorded_as_its_own_doing(env: Gate
     assert records[0]["reasons"] == ["agent_disconnected"]
     assert records[0]["gateway"]["status"] == 499
     assert records[0]["gateway"]["upstream_status"] == 200
+    await asyncio.wait_for(env.upstream.dropped.wait(), 5)  # the upstream connection is closed
 
 
 async def test_an_agent_stalling_its_body_is_cut_and_recorded(

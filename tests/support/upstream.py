@@ -4,7 +4,8 @@ It answers only requests carrying its key (`Authorization: Bearer` or `x-api-key
 what it saw (to prove the agent's credential never reached it), and holds a streamed
 response after its first event until the test releases it (to prove the gateway streams).
 A path ending in `/stall` streams one event and then nothing, until the client goes away;
-one ending in `/break` streams one event and then drops its connection mid-body.
+one ending in `/break` streams one event and then drops its connection mid-body; one
+ending in `/drip` streams an event every 20 ms until the client goes away (10 s at most).
 """
 
 from __future__ import annotations
@@ -67,6 +68,23 @@ async def _stall(request: web.Request, upstream: Upstream, first: str) -> web.St
     return response
 
 
+async def _drip(request: web.Request, upstream: Upstream, event: str) -> web.StreamResponse:
+    """Send an event every 20 ms until the client closes the connection (10 s at most)."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    deadline = asyncio.get_running_loop().time() + 10
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            if request.transport is None or request.transport.is_closing():
+                break
+            await response.write(event.encode())
+            await asyncio.sleep(0.02)
+    except ConnectionError:
+        pass
+    upstream.dropped.set()
+    return response
+
+
 async def _break(request: web.Request, first: str) -> web.StreamResponse:
     """Send the first event, then close the connection without ending the chunked body."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -85,6 +103,8 @@ async def _stream(
         return await _stall(request, upstream, events[0])
     if request.path.endswith("/break"):
         return await _break(request, events[0])
+    if request.path.endswith("/drip"):
+        return await _drip(request, upstream, events[0])
     return await _sse(request, upstream, events)
 
 
