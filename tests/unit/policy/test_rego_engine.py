@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,13 +18,7 @@ from broker.policy.engine import PolicyEngine
 from broker.policy.loader import load_policy
 from broker.policy.rego import RegoPolicy, input_document
 from tests.support.clock import ManualClock
-
-TD = "example.org"
-NOW = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
-TOOLS = {"customer_data_api": ("customers:read",), "ticketing_api": (), "analytics_api": ()}
-CLAIMS = f"spiffe://{TD}/agent/claims"
-ANALYTICS = f"spiffe://{TD}/agent/analytics"
-IDP = f"https://idp.{TD}"
+from tests.unit.policy.rego_setup import ANALYTICS, CLAIMS, IDP, NOW, TD, TOOLS
 
 
 def rego(tmp_path: Path, source: str) -> RegoPolicy:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,13 +21,8 @@ from broker.policy.rego_decisions import RegoDecisions
 from broker.policy.rego_program import RegoProgram, RegoSources, compile_rego
 from broker.policy.rego_reads import input_fields
 from tests.support.clock import ManualClock
+from tests.unit.policy.rego_setup import ANALYTICS, CLAIMS, IDP, NOW, TD, TOOLS
 
-TD = "example.org"
-NOW = datetime(2026, 11, 18, 10, 0, tzinfo=UTC)
-TOOLS = {"customer_data_api": ("customers:read",), "ticketing_api": (), "analytics_api": ()}
-CLAIMS = f"spiffe://{TD}/agent/claims"
-ANALYTICS = f"spiffe://{TD}/agent/analytics"
-IDP = f"https://idp.{TD}"
 DECISION = b"broker/decision"
 
 # Reads the time: office hours need no approval, and a shadow rule objects to odd minutes.
