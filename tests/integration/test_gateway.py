@@ -370,6 +370,26 @@ async def test_budget_is_refunded_when_nothing_was_forwarded(
     assert (await last_request(env))["reasons"] == ["budget_exhausted:requests"]
 
 
+async def receive_a_cut_stream(env: GatewayEnv, path: str) -> None:
+    """A streamed call whose status and first event arrive, and whose body is then cut.
+
+    The agent's client must report an incomplete body (not hang, never see it complete).
+    """
+    token = await env.credential()
+    async with (
+        env.session() as session,
+        session.post(
+            f"{env.url}{path}",
+            json={**MESSAGE, "stream": True},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as response,
+    ):
+        assert response.status == 200
+        assert (await response.content.readline()).startswith(b"data: ")
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(response.read(), 5)
+
+
 async def test_stream_stalling_beyond_the_idle_timeout_is_cut(
     tmp_path: Path, bao: IssuerVault
 ) -> None:
@@ -378,19 +398,7 @@ async def test_stream_stalling_beyond_the_idle_timeout_is_cut(
         local_upstream(upstream_key(bao)) as upstream,
         gateway_broker(tmp_path / "dev", bao, upstream, {"idle_timeout_seconds": 0.2}) as env,
     ):
-        token = await env.credential()
-        async with (
-            env.session() as session,
-            session.post(
-                f"{env.url}/llm/v1/chat/stall",
-                json={**MESSAGE, "stream": True},
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response,
-        ):
-            assert response.status == 200
-            assert (await response.content.readline()).startswith(b"data: ")
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await asyncio.wait_for(response.read(), 5)  # cut, not hanging, not complete
+        await receive_a_cut_stream(env, "/llm/v1/chat/stall")
         await asyncio.wait_for(upstream.dropped.wait(), 5)  # the upstream connection is closed
         record = await last_request(env)
     assert record["decision"] == "allow"
@@ -411,19 +419,7 @@ async def test_an_upstream_breaking_off_its_body_is_recorded_as_its_doing(
         local_upstream(upstream_key(bao)) as upstream,
         gateway_broker(tmp_path / "dev", bao, upstream) as env,
     ):
-        token = await env.credential()
-        async with (
-            env.session() as session,
-            session.post(
-                f"{env.url}/llm/v1/chat/break",
-                json={**MESSAGE, "stream": True},
-                headers={"Authorization": f"Bearer {token}"},
-            ) as response,
-        ):
-            assert response.status == 200
-            assert (await response.content.readline()).startswith(b"data: ")
-            with pytest.raises(aiohttp.ClientPayloadError):
-                await asyncio.wait_for(response.read(), 5)  # cut, never complete
+        await receive_a_cut_stream(env, "/llm/v1/chat/break")
         record = await last_request(env)
     assert record["decision"] == "allow"
     assert record["reasons"] == ["upstream_interrupted"]
