@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = ["DEMO_MODEL", "demo_key_file", "start_demo_upstream"]
 
@@ -37,6 +39,8 @@ async def start_demo_upstream(key: str) -> tuple[web.AppRunner, str]:
     Returns:
         The runner (clean it up to stop) and the upstream's base URL.
     """
+    from aiohttp import web  # noqa: PLC0415 - `broker dev user-token` and the like need no server
+
     expected = f"Bearer {key}"
 
     async def chat(request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -19,7 +19,9 @@ from broker.domain import Secret
 from broker.errors import Unavailable
 from broker.gateway.config import KeySourceSettings
 from broker.typing import Clock, KeySource
-from broker.vault.client import VaultClient
+
+if TYPE_CHECKING:
+    from broker.vault.client import VaultClient
 
 __all__ = ["FileKeySource", "VaultKvKeySource", "create_key_source"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING
 
 import aiohttp
 import structlog
@@ -23,8 +24,10 @@ from broker.gateway.proxy import Gateway
 from broker.gateway.verify import GatewayVerifier
 from broker.runtime import Runtime
 from broker.typing import KeySource
-from broker.vault.client import VaultClient
 from broker.vault.config import VaultSettings
+
+if TYPE_CHECKING:
+    from broker.vault.client import VaultClient
 
 __all__ = ["GATEWAY", "create_gateway_app", "start_gateway"]
 
@@ -53,6 +56,9 @@ def create_gateway_app(
             if isinstance(vault_settings, VaultSettings) and any(
                 r.key_source.kind == "vault" for r in settings.routes.values()
             ):
+                # hvac loads only for a gateway with Vault key sources.
+                from broker.vault.client import VaultClient  # noqa: PLC0415
+
                 vault = VaultClient(vault_settings, runtime.identity, runtime.clock)
                 await vault.start()
                 stack.push_async_callback(vault.close)

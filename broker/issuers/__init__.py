@@ -3,7 +3,9 @@
 To add an issuer kind: a sibling package with a `config.py` (its section and its per-tool
 keys), the issuer (implementing `broker.typing.Issuer`, backend errors raised as
 `Unavailable`), and a `FACTORY` (`broker.issuers.base.IssuerFactory`) registered below;
-then add it to the contract suite in `tests/contracts/test_issuer.py`.
+then add it to the contract suite in `tests/contracts/test_issuer.py`. As for state stores,
+the factory's module imports only the configuration; the issuer and its client library
+are imported in `open`.
 """
 
 from __future__ import annotations

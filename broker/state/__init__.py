@@ -3,7 +3,9 @@
 To add a store: a sibling package with a `config.py` (its keys of the `state:` section),
 the store (implementing `broker.typing.StateStore`, every backend error raised as
 `Unavailable`), and a `FACTORY` registered below; then add it to the contract suite in
-`tests/contracts/test_state_store.py`.
+`tests/contracts/test_state_store.py`. The factory's module imports only the store's
+configuration: the store and its client library are imported in `build`, so that a broker
+configured for another store never loads them (`tests/integration/test_cli_imports.py`).
 """
 
 from __future__ import annotations

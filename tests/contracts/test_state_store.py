@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from broker.domain import LimitCheck, UserRef
 from broker.errors import Unavailable
 from broker.state.base import APPROVAL_MEMORY_SECONDS, ApprovalRecord, CredentialRecord
-from broker.state.redis import RedisStateStore
+from broker.state.redis.store import RedisStateStore
 from broker.state.sqlite import SqliteStateStore
 from broker.typing import StateStore
 from tests.support.clock import ManualClock

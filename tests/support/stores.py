@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from broker.state.redis import RedisStateStore
+from broker.state.redis.store import RedisStateStore
 from broker.state.sqlite import SqliteStateStore
 from broker.typing import Clock, StateStore
 from tests.support.servers import RedisServer

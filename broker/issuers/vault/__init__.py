@@ -8,13 +8,9 @@ from contextlib import asynccontextmanager
 from broker.config.reader import Reader
 from broker.issuers.base import IssuerDeps, IssuerParts, ToolOptions
 from broker.issuers.vault.config import VaultToolSettings, parse_vault_tool
-from broker.issuers.vault.issuer import VaultIssuer
-from broker.issuers.vault.orphans import VaultInventory
-from broker.vault.client import VaultClient
 from broker.vault.config import VaultSettings, parse_vault
-from broker.vault.reconciler import LeaseReconciler, OrphanSweep
 
-__all__ = ["FACTORY", "VaultIssuer"]
+__all__ = ["FACTORY"]
 
 
 class _Factory:
@@ -30,6 +26,12 @@ class _Factory:
     @asynccontextmanager
     async def open(self, deps: IssuerDeps, settings: object) -> AsyncIterator[IssuerParts]:
         assert isinstance(settings, VaultSettings)
+        # hvac (and requests under it) load only for a broker with Vault tools.
+        from broker.issuers.vault.issuer import VaultIssuer  # noqa: PLC0415
+        from broker.issuers.vault.orphans import VaultInventory  # noqa: PLC0415
+        from broker.vault.client import VaultClient  # noqa: PLC0415
+        from broker.vault.reconciler import LeaseReconciler, OrphanSweep  # noqa: PLC0415
+
         client = VaultClient(settings, deps.identity, deps.clock)
         client.observe = lambda seconds: deps.metrics.stage("vault", seconds)
         await client.start()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from broker.config.reader import Reader
 from broker.state.redis.config import RedisSettings, parse_redis
-from broker.state.redis.store import RedisStateStore
 from broker.typing import Clock, StateStore
 
-__all__ = ["FACTORY", "RedisStateStore"]
+__all__ = ["FACTORY"]
 
 
 class _Factory:
@@ -18,6 +17,9 @@ class _Factory:
 
     def build(self, settings: object, clock: Clock) -> StateStore:
         assert isinstance(settings, RedisSettings)
+        # The redis client (and what it pulls in) loads only for a broker that uses it.
+        from broker.state.redis.store import RedisStateStore  # noqa: PLC0415
+
         return RedisStateStore(
             settings.url,
             clock,
