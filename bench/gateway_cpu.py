@@ -39,6 +39,23 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
+def _switches(pid: int) -> int:
+    """Voluntary context switches of `pid`'s threads so far: each one a wait that slept.
+
+    Exited threads' counts are lost, but the broker's threads live as long as it does.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
 def _pid_of(*argv: str) -> int:
     """The PID of the process whose command line contains `argv` in order."""
     wanted = "\0".join(argv).encode()
@@ -64,13 +81,16 @@ def _spy(spy: str, pid: int, args: argparse.Namespace, out: Path) -> procs.Proc:
 def _measure(broker: int, upstream: int, run: Callable[[], Load]) -> tuple[float, str]:
     """One measured load: CPU per answered request of the broker and of the upstream."""
     before = _tree_cpu(broker), cpu_seconds(upstream)
+    slept = _switches(broker)
     load = run()
     after = _tree_cpu(broker), cpu_seconds(upstream)
+    slept = _switches(broker) - slept
     answered = sum(v for k, v in load.seen.items() if k.isdigit())
     ours, theirs = ((a - b) / max(answered, 1) * 1e6 for a, b in zip(after, before, strict=True))
     return ours, (
         f"gateway: {ours:6.0f} us CPU/request (broker), upstream {theirs:4.0f} us"
-        f" (x{ours / max(theirs, 1):.2f});"
+        f" (x{ours / max(theirs, 1):.2f}); {slept / max(answered, 1):.1f} sleeps/request"
+        " (the broker's threads);"
         f" {load.rps:,.0f} req/s, p50 {load.p50_ms or 0:.2f} ms, p99 {load.p99_ms or 0:.2f} ms,"
         f" {answered} answered,"
         f" {answered - load.seen.get('201', 0)} not 201, errors {load.errors or 0}"
