@@ -136,7 +136,8 @@ class FileAuditSink:
                 await self._flush()
             if self._signer is not None and self._healthy and self._since_checkpoint:
                 with contextlib.suppress(OSError, TimeoutError):
-                    await asyncio.wait_for(self._append_records([]), self._timeout)
+                    async with asyncio.timeout(self._timeout):
+                        await self._append_records([])
         if self._fd is not None:
             fd, self._fd = self._fd, None
             await loop.run_in_executor(self._executor, os.close, fd)
@@ -371,8 +372,8 @@ class FileAuditSink:
                 },
             }
             try:
-                async with self._lock:
-                    await asyncio.wait_for(self._append_records([record]), self._timeout)
+                async with self._lock, asyncio.timeout(self._timeout):
+                    await self._append_records([record])
             except (OSError, TimeoutError):
                 continue
             self._healthy = True

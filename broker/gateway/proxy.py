@@ -559,14 +559,14 @@ def _token(request: web.Request, preferred: TokenHeader) -> str | None:
 async def _next_chunk(stream: aiohttp.StreamReader, idle: float) -> bytes:
     """The next bytes of a body (b"" at its end), waiting at most `idle` seconds for them.
 
-    What has already arrived is taken without a timer: `asyncio.wait_for` wraps the read
-    in a task of its own (Python 3.11), a cost per chunk that a small body, which arrives
-    with its headers, need not pay.
+    What has already arrived is taken without a timer, a cost per chunk that a small
+    body, which arrives with its headers, need not pay.
     """
     chunk = stream.read_nowait()
     if chunk or stream.is_eof():
         return chunk
-    return await asyncio.wait_for(stream.readany(), idle)
+    async with asyncio.timeout(idle):
+        return await stream.readany()
 
 
 async def _agent_chunk(request: web.Request, idle: float) -> bytes:

@@ -261,10 +261,8 @@ class VaultClient:
     async def _call_on_thread(self, fn: Callable[[], T], *, what: str) -> T:
         loop = asyncio.get_running_loop()
         try:
-            result = await asyncio.wait_for(
-                asyncio.wrap_future(self._executor.submit(fn), loop=loop),
-                timeout=self._settings.timeout_seconds + 0.5,
-            )
+            async with asyncio.timeout(self._settings.timeout_seconds + 0.5):
+                result = await asyncio.wrap_future(self._executor.submit(fn), loop=loop)
         except TimeoutError:
             self.breaker.failure()
             self._unanswered()

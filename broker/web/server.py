@@ -125,7 +125,8 @@ async def serve(
             await side.stop()
         log.info("listener closed", requests_in_flight=in_flight.count)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(in_flight.idle.wait(), settings.listen.shutdown_timeout_seconds)
+            async with asyncio.timeout(settings.listen.shutdown_timeout_seconds):
+                await in_flight.idle.wait()
         if in_flight.count:
             log.warning("shutdown timeout: cancelling requests", requests=in_flight.count)
     finally:
@@ -190,7 +191,8 @@ async def _until_drained(
         )
         if delay > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(hurry.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await hurry.wait()
         log.info("closing the listener")
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -115,10 +115,8 @@ class RevocationCopy:
         assert self._executor is not None
         loop = asyncio.get_running_loop()
         try:
-            result = await asyncio.wait_for(
-                asyncio.wrap_future(self._executor.submit(fn, *args), loop=loop),
-                timeout=FILE_TIMEOUT_SECONDS,
-            )
+            async with asyncio.timeout(FILE_TIMEOUT_SECONDS):
+                result = await asyncio.wrap_future(self._executor.submit(fn, *args), loop=loop)
         except (OSError, TimeoutError) as exc:
             log.error("revocations file unusable", path=str(self._path), error=repr(exc))  # noqa: TRY400 - the cause is in `error`; no traceback needed
             raise Unavailable(
