@@ -17,7 +17,6 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -135,7 +134,6 @@ async def _fetch(path: Path) -> str | None:
         ):
             if response.status != 200:  # noqa: PLR2004
                 return None
-            text: Any = await response.text()
-            return str(text)
+            return await response.text()
     except (aiohttp.ClientError, OSError, TimeoutError):
         return None
