@@ -1,9 +1,9 @@
 """The event loop the server runs on: asyncio, or uvloop on request (the `uvloop` extra).
 
-uvloop's loop and TLS transport are implemented in Cython on libuv. Measured here in two
-`make bench` runs, issuance gained nothing in one (1,084/s vs 1,080/s on asyncio) and 11 %
-in the other (834/s vs 751/s): the broker's own Python work dominates. So the standard
-loop stays the default and uvloop is an option that is tested to work:
+uvloop's loop and TLS transport are implemented in Cython on libuv. In five `make bench`
+runs issuance moved by 0 %, +11 %, -11 %, +43 % and +6 % on it (README, Dependencies):
+within this machine's run-to-run noise, the broker's own Python work dominating. So the
+standard loop stays the default and uvloop is an option that is tested to work:
 `BROKER_EVENT_LOOP=uvloop` requires it, `auto` takes it when installed, `asyncio` (the
 default) is the standard loop.
 """
