@@ -93,6 +93,15 @@ async def env(tmp_path: Path, bao: IssuerVault) -> AsyncIterator[GatewayEnv]:
         yield running
 
 
+def streamed_chat(session: aiohttp.ClientSession, env: GatewayEnv, path: str, token: str) -> Any:
+    """POST a streamed chat request (`"stream": true`) as the agent holding `token`."""
+    return session.post(
+        f"{env.url}{path}",
+        json={**MESSAGE, "stream": True},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
 async def last_request(env: GatewayEnv) -> dict[str, Any]:
     return (await env.settled_records("gateway.request"))[-1]
 
@@ -295,11 +304,7 @@ async def test_streamed_response_arrives_incrementally(env: GatewayEnv) -> None:
     token = await env.credential()
     async with (
         env.session() as session,
-        session.post(
-            f"{env.url}{CHAT}",
-            json={**MESSAGE, "stream": True},
-            headers={"Authorization": f"Bearer {token}"},
-        ) as response,
+        streamed_chat(session, env, CHAT, token) as response,
     ):
         assert response.status == 200
         first = await response.content.readline()
@@ -378,11 +383,7 @@ async def receive_a_cut_stream(env: GatewayEnv, path: str) -> None:
     token = await env.credential()
     async with (
         env.session() as session,
-        session.post(
-            f"{env.url}{path}",
-            json={**MESSAGE, "stream": True},
-            headers={"Authorization": f"Bearer {token}"},
-        ) as response,
+        streamed_chat(session, env, path, token) as response,
     ):
         assert response.status == 200
         assert (await response.content.readline()).startswith(b"data: ")
@@ -438,11 +439,7 @@ async def test_an_agent_gone_mid_response_is_recorded_as_its_own_doing(env: Gate
     before = len(env.records("gateway.request"))
     async with (
         env.session() as session,
-        session.post(
-            f"{env.url}/llm/v1/chat/drip",
-            json={**MESSAGE, "stream": True},
-            headers={"Authorization": f"Bearer {token}"},
-        ) as response,
+        streamed_chat(session, env, "/llm/v1/chat/drip", token) as response,
     ):
         assert (await response.content.readline()).startswith(b"data: ")
         response.close()  # the agent hangs up with the stream still coming
