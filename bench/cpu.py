@@ -15,8 +15,9 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
-from bench.harness import Options, scratch_bench
+from bench.harness import Bench, Options, scratch_bench
 from bench.rows.common import PATHS, request_for
 from bench.wrk import run_wrk
 
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--path", action="append", choices=PATHS, help=f"repeatable; default: all of {PATHS}"
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the issuance's floor (bench/floor.py) and the bare endpoint, same request",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk not found: make bench-deps", file=sys.stderr)
@@ -48,26 +54,54 @@ def main(argv: list[str] | None = None) -> int:
             for path in args.path or PATHS:
                 endpoint, body, headers, expected = request_for(bench.domain, path)
                 with bench.broker(f"cpu-{path}") as broker:
-                    common = {
-                        "script_dir": bench.workdir,
-                        "body": body,
-                        "headers": headers,
-                        "connections": args.connections,
-                        "threads": 1,
-                    }
-                    run_wrk(f"{broker.url}{endpoint}", seconds=2, **common)  # warm-up
-                    before = cpu_seconds(broker.proc.pid)
-                    result = run_wrk(f"{broker.url}{endpoint}", seconds=args.seconds, **common)
-                    used = cpu_seconds(broker.proc.pid) - before
-                answered = sum(result.statuses.values())
-                wrong = answered - result.statuses.get(str(expected), 0)
-                print(
-                    f"  {path:9} {endpoint:16} {used / max(answered, 1) * 1e6:7.0f} us CPU/request"
-                    f"  ({answered / result.seconds:,.0f} req/s, {wrong} not {expected})"
-                )
+                    request = (body, headers, expected)
+                    url = f"{broker.url}{endpoint}"
+                    _measure(bench, path, url, broker.proc.pid, request=request, args=args)
+            if args.floor:
+                endpoint, body, headers, expected = request_for(bench.domain, "issue")
+                servers = [
+                    ("floor", "bench.floor", bench.floor_args()),
+                    ("bare", "bench.bare", ()),
+                ]
+                for name, module, extra in servers:
+                    with bench.module_server(name, module, *extra) as (base, proc):
+                        request = (body, headers, 201)
+                        url = f"{base}{endpoint}"
+                        _measure(bench, name, url, proc.pid, request=request, args=args)
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _measure(
+    bench: Bench,
+    name: str,
+    url: str,
+    pid: int,
+    *,
+    request: tuple[str, dict[str, str], int],
+    args: argparse.Namespace,
+) -> None:
+    """wrk against `url` after a warm-up; print the CPU time process `pid` spent per answer."""
+    body, headers, expected = request
+    common: dict[str, Any] = {
+        "script_dir": bench.workdir,
+        "body": body,
+        "headers": headers,
+        "connections": args.connections,
+        "threads": 1,
+    }
+    run_wrk(url, seconds=2, **common)  # warm-up
+    before = cpu_seconds(pid)
+    result = run_wrk(url, seconds=args.seconds, **common)
+    used = cpu_seconds(pid) - before
+    answered = sum(result.statuses.values())
+    wrong = answered - result.statuses.get(str(expected), 0)
+    path = url.split("/", 3)[-1]
+    print(
+        f"  {name:9} /{path:15} {used / max(answered, 1) * 1e6:7.0f} us CPU/request"
+        f"  ({answered / result.seconds:,.0f} req/s, {wrong} not {expected})"
+    )
 
 
 if __name__ == "__main__":

@@ -133,24 +133,31 @@ class Bench:
     @contextmanager
     def bare(self) -> Iterator[str]:
         """The bare aiohttp endpoint (bench/bare.py) in its own process; yields its URL."""
+        with self.module_server("bare endpoint", "bench.bare") as (url, _):
+            yield url
+
+    @contextmanager
+    def floor(self) -> Iterator[str]:
+        """The design's floor (bench/floor.py) in its own process; yields its URL."""
+        with self.module_server("floor endpoint", "bench.floor", *self.floor_args()) as (url, _):
+            yield url
+
+    def floor_args(self) -> tuple[str, ...]:
+        """The floor endpoint's own arguments (its audit file and SQLite database)."""
+        return ("--workdir", str(self.workdir / "floor"))
+
+    @contextmanager
+    def module_server(
+        self, name: str, module: str, *extra: str
+    ) -> Iterator[tuple[str, procs.Proc]]:
+        """`python -m MODULE --port P --dir DOMAIN [EXTRA]`, ready; yields its URL and process."""
         port = procs.free_port()
-        proc = procs.spawn(
-            "bare endpoint",
-            [
-                sys.executable,
-                "-m",
-                "bench.bare",
-                "--port",
-                str(port),
-                "--dir",
-                str(self.domain.root),
-            ],
-            log=self.workdir / "bare.log",
-        )
+        argv = [sys.executable, "-m", module, "--port", str(port), "--dir", str(self.domain.root)]
+        proc = procs.spawn(name, [*argv, *extra], log=self.workdir / f"{module}.log")
         try:
             url = f"https://127.0.0.1:{port}"
             procs.wait_http(f"{url}/readyz", ca=self.domain.ca, proc=proc)
-            yield url
+            yield url, proc
         finally:
             procs.stop(proc)
 

@@ -43,6 +43,27 @@ def issue_jwt(bench: Bench) -> list[Result]:
     ]
 
 
+@row("floor", "the design's floor: an issuance's essential work alone (bench/floor.py)")
+def floor(bench: Bench) -> list[Result]:
+    """Issue #10's own limit prototype, in the same run: what the broker is measured against."""
+    token = bench.domain.jwt_svid("analytics")
+    with bench.floor() as url:
+        load = bench.wrk(
+            f"{url}/v1/credentials", body=ISSUE_BODY, headers=bearer(token), expected=201
+        )
+    notes = [
+        (
+            "cached JWT-SVID check, dict policy, ES256, chained audit line + SQLite row in "
+            "one fsynced group commit; none of the broker's other per-request work"
+        )
+    ]
+    broker = bench.results.get("issue-jwt")
+    if broker is not None and broker.rps and load.rps:
+        share = broker.rps / load.rps
+        notes.append(f"the broker's JWT-SVID issuance ran at {share:.2f}x this floor")
+    return [Result("floor", "issuance floor (essential work only)", load=load, notes=notes)]
+
+
 @row("issue-jwt-uvloop", "the issuance row on uvloop instead of the standard asyncio loop")
 def issue_jwt_uvloop(bench: Bench) -> list[Result]:
     """What uvloop (an option: BROKER_EVENT_LOOP=uvloop) is worth: the same row on it."""
