@@ -7,7 +7,9 @@ gateway credential is bound to it by `cnf`), in the same run:
 - open loop at 500 req/s offered: p50/p99 direct and through the gateway; the added
   latency is the difference (targets: p50 <= 1 ms, p99 <= 2 ms);
 - closed loop (saturation): throughput through the gateway / direct (target >= 0.5x);
-  also with the audit to /dev/null, and with `broker serve --workers 2` (no target).
+  also with the audit to /dev/null, and with `broker serve --workers 2` (no target);
+- the proxy floor (bench/proxy_floor.py: aiohttp forwarding with the key swapped in, no
+  checks, no audit), open loop and saturation: the least a gateway on this stack costs.
 
 The gateway route reads its key from a file; it has no model allow-list (bodies stream)
 and no budget, so each request costs one credential verification (cached), one
@@ -144,6 +146,14 @@ def gateway(bench: Bench) -> list[Result]:
                 "direct-sat": bench.clients(direct_url, expected=201, body=BODY, cert=cert),
                 "via-sat": bench.clients(via_url, expected=201, body=BODY, headers=auth, cert=cert),
             }
+        # The floor of any gateway on this stack: aiohttp forwarding, nothing else.
+        floor_args = ("--upstream", upstream)
+        with bench.module_server("proxy floor", "bench.proxy_floor", *floor_args) as (base, _):
+            floor_url = f"{base}/bench/v1/chat/completions"
+            loads["floor-open"] = bench.clients(
+                floor_url, expected=201, body=BODY, cert=cert, mode="open", rate=RATE
+            )
+            loads["floor-sat"] = bench.clients(floor_url, expected=201, body=BODY, cert=cert)
         # The same gateway with its audit sent to /dev/null without fsync: what the two
         # durable records per request cost (compare with `audit-null` for issuance).
         with bench.broker("gateway-null", gateway=section, durable_audit=False) as broker:
@@ -183,6 +193,26 @@ def gateway(bench: Bench) -> list[Result]:
         bare_key="gateway-direct",
         targets=[at_least("gateway-sat", 0.5, "gateway-direct", ">= 0.5x direct")],
     )
+    floor_notes = [
+        "aiohttp server + client, both TLS legs, the key swapped in; no checks, no audit"
+    ]
+    floor_open = Result(
+        "gateway-floor-open",
+        f"proxy floor (forwarding only), open loop {RATE:g}/s",
+        load=loads["floor-open"],
+        bare_key="gateway-direct",
+        notes=[
+            *floor_notes,
+            _note("proxy floor at 500/s", loads["floor-open"], loads["direct-open"]),
+        ],
+    )
+    floor_sat = Result(
+        "gateway-floor-sat",
+        "proxy floor (forwarding only), saturation",
+        load=loads["floor-sat"],
+        bare_key="gateway-direct",
+        notes=floor_notes,
+    )
     via_null = Result(
         "gateway-null-audit",
         "through the gateway, audit to /dev/null, saturation",
@@ -196,4 +226,13 @@ def gateway(bench: Bench) -> list[Result]:
         bare_key="gateway-direct",
         skipped=None if "via-workers" in loads else "n/a (no --workers)",
     )
-    return [direct_open, via_open, direct_sat, via_sat, via_null, via_workers]
+    return [
+        direct_open,
+        via_open,
+        floor_open,
+        direct_sat,
+        via_sat,
+        floor_sat,
+        via_null,
+        via_workers,
+    ]

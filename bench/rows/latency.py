@@ -75,6 +75,23 @@ def open_jwt(bench: Bench) -> list[Result]:
     return _open_loop(bench, "open-jwt", "issuance JWT-SVID", mtls=False)
 
 
+@row("open-floor", "open-loop latency at a fixed rate, the issuance's floor (bench/floor.py)")
+def open_floor(bench: Bench) -> list[Result]:
+    """The same schedule against the floor of the design: the least latency it allows here."""
+    rate = bench.options.rate
+    with bench.floor() as url:
+        load = bench.clients(
+            f"{url}/v1/credentials",
+            expected=201,
+            body=ISSUE_BODY,
+            headers=bearer(bench.domain.jwt_svid("analytics")),
+            mode="open",
+            rate=rate,
+        )
+    label = f"issuance floor (essential work only), JWT-SVID, open loop {rate:g}/s offered"
+    return [Result("open-floor", label, load=load, checks=[_achieved(load)])]
+
+
 # The deployment a two-core node runs (the chart's `workers: auto`): the same schedule,
 # against `broker serve --workers 2`. The single-process rows above stay the baseline.
 
