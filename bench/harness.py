@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -128,7 +129,9 @@ class Bench:
         finally:
             code = procs.stop(proc)
             if code not in {0, None, -15}:
-                print(f"  note: broker ({name}) exited with {code}; log: {proc.log}")
+                # The working directory is removed after the run: show the cause now.
+                tail = textwrap.indent(proc.tail(), "    | ")
+                print(f"  note: broker ({name}) exited with {code}; the end of its log:\n{tail}")
 
     @contextmanager
     def bare(self) -> Iterator[str]:
