@@ -1,7 +1,8 @@
 """The event loop the server runs on: asyncio, or uvloop on request (the `uvloop` extra).
 
-uvloop's loop and TLS transport are implemented in Cython on libuv. In five `make bench`
-runs issuance moved by 0 %, +11 %, -11 %, +43 % and +6 % on it (README, Dependencies):
+uvloop's loop and TLS transport are implemented in Cython on libuv. In seven `make bench`
+runs issuance moved by 0 %, +11 %, -11 %, +43 %, +6 %, +12 % and -2 % on it (README,
+Dependencies):
 within this machine's run-to-run noise, the broker's own Python work dominating. So the
 standard loop stays the default and uvloop is an option that is tested to work:
 `BROKER_EVENT_LOOP=uvloop` requires it, `auto` takes it when installed, `asyncio` (the
