@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-__all__ = ["BODY", "main"]
+__all__ = ["BODY", "main", "serve", "server_parser", "tls_context"]
 
 _TOKEN = "eyJhbGciOiJFZERTQSIsImtpZCI6IngiLCJ0eXAiOiJhdCtqd3QifQ." + "x" * 560 + "." + "s" * 86
 BODY = json.dumps(
@@ -59,14 +59,17 @@ async def _ready(_request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="bench.bare")
+def server_parser(prog: str) -> argparse.ArgumentParser:
+    """The arguments every bench server takes: its port and the dev trust domain."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", type=Path, required=True, help="the dev trust domain")
-    args = parser.parse_args()
-    app = web.Application()
+    return parser
+
+
+def serve(app: web.Application, args: argparse.Namespace) -> None:
+    """Serve `app` and `GET /readyz` on 127.0.0.1 with the broker's TLS, until stopped."""
     app.router.add_get("/readyz", _ready)
-    app.router.add_post("/{tail:.*}", _post)
     web.run_app(
         app,
         host="127.0.0.1",
@@ -76,6 +79,13 @@ def main() -> None:
         print=None,
         backlog=1024,
     )
+
+
+def main() -> None:
+    args = server_parser("bench.bare").parse_args()
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", _post)
+    serve(app, args)
 
 
 if __name__ == "__main__":

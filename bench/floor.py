@@ -24,7 +24,6 @@ policy engine, rate limits, budgets, per-step timings. Nothing of it is shared w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import hashlib
@@ -42,7 +41,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from bench.bare import tls_context
+from bench.bare import serve, server_parser
 
 __all__ = ["main"]
 
@@ -203,14 +202,8 @@ async def _issue(request: web.Request) -> web.Response:
     return web.Response(status=201, body=data, content_type="application/json")
 
 
-async def _ready(_request: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="bench.floor")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--dir", type=Path, required=True, help="the dev trust domain")
+    parser = server_parser("bench.floor")
     parser.add_argument("--workdir", type=Path, required=True, help="its audit file and SQLite")
     args = parser.parse_args()
 
@@ -220,17 +213,8 @@ def main() -> None:
 
     app = web.Application()
     app.on_startup.append(start)
-    app.router.add_get("/readyz", _ready)
     app.router.add_post("/v1/credentials", _issue)
-    web.run_app(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        ssl_context=tls_context(args.dir),
-        access_log=None,
-        print=None,
-        backlog=1024,
-    )
+    serve(app, args)
 
 
 if __name__ == "__main__":

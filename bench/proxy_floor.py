@@ -12,14 +12,12 @@ run. Nothing of it is shared with the `broker` package.
 
 from __future__ import annotations
 
-import argparse
 import ssl
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from bench.bare import tls_context
+from bench.bare import serve, server_parser
 
 __all__ = ["main"]
 
@@ -50,14 +48,8 @@ async def _forward(request: web.Request) -> web.StreamResponse:
         return response
 
 
-async def _ready(_request: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="bench.proxy_floor")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--dir", type=Path, required=True, help="the dev trust domain")
+    parser = server_parser("bench.proxy_floor")
     parser.add_argument("--upstream", required=True, help="https://host:port of the upstream")
     args = parser.parse_args()
 
@@ -73,17 +65,8 @@ def main() -> None:
     app = web.Application()
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
-    app.router.add_get("/readyz", _ready)
     app.router.add_post(PREFIX + "/{tail:.*}", _forward)
-    web.run_app(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        ssl_context=tls_context(args.dir),
-        access_log=None,
-        print=None,
-        backlog=1024,
-    )
+    serve(app, args)
 
 
 if __name__ == "__main__":

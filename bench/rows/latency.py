@@ -34,30 +34,28 @@ def _achieved(load: Load) -> Check:
     )
 
 
+def _scheduled(bench: Bench, url: str, *, mtls: bool) -> Load:
+    """The open-loop schedule (`--rate`) of issuances against `url`, over mTLS or a bearer."""
+    cert = bench.domain.agent_cert("analytics") if mtls else None
+    headers = None if mtls else bearer(bench.domain.jwt_svid("analytics"))
+    return bench.clients(
+        f"{url}/v1/credentials",
+        expected=201,
+        body=ISSUE_BODY,
+        headers=headers,
+        cert=cert,
+        mode="open",
+        rate=bench.options.rate,
+    )
+
+
 def _open_loop(
     bench: Bench, key: str, label: str, *, mtls: bool, workers: int | None = None
 ) -> list[Result]:
-    rate = bench.options.rate
     with bench.broker(key, workers=workers) as broker:
-        if mtls:
-            load = bench.clients(
-                f"{broker.url}/v1/credentials",
-                expected=201,
-                body=ISSUE_BODY,
-                cert=bench.domain.agent_cert("analytics"),
-                mode="open",
-                rate=rate,
-            )
-        else:
-            load = bench.clients(
-                f"{broker.url}/v1/credentials",
-                expected=201,
-                body=ISSUE_BODY,
-                headers=bearer(bench.domain.jwt_svid("analytics")),
-                mode="open",
-                rate=rate,
-            )
+        load = _scheduled(bench, broker.url, mtls=mtls)
         audit = bench.audit_check(broker, issued=load.seen_status(201))
+    rate = bench.options.rate
     result = Result(
         key, f"{label}, open loop {rate:g}/s offered", load=load, checks=[_achieved(load), audit]
     )
@@ -78,16 +76,9 @@ def open_jwt(bench: Bench) -> list[Result]:
 @row("open-floor", "open-loop latency at a fixed rate, the issuance's floor (bench/floor.py)")
 def open_floor(bench: Bench) -> list[Result]:
     """The same schedule against the floor of the design: the least latency it allows here."""
-    rate = bench.options.rate
     with bench.floor() as url:
-        load = bench.clients(
-            f"{url}/v1/credentials",
-            expected=201,
-            body=ISSUE_BODY,
-            headers=bearer(bench.domain.jwt_svid("analytics")),
-            mode="open",
-            rate=rate,
-        )
+        load = _scheduled(bench, url, mtls=False)
+    rate = bench.options.rate
     label = f"issuance floor (essential work only), JWT-SVID, open loop {rate:g}/s offered"
     return [Result("open-floor", label, load=load, checks=[_achieved(load)])]
 
