@@ -48,6 +48,7 @@ __all__ = ["main"]
 TRUST_DOMAIN = "example.org"
 BROKER_ID = f"spiffe://{TRUST_DOMAIN}/broker"
 TTL = 300
+Row = tuple[str, str, str, int]  # a credential's row: jti, agent, tool, expiry
 POLICY = {
     f"spiffe://{TRUST_DOMAIN}/agent/analytics": {"analytics_api": "https://analytics.example"}
 }
@@ -79,7 +80,7 @@ class Floor:
             "(jti TEXT PRIMARY KEY, agent TEXT, tool TEXT, expires_at INTEGER)"
         )
         self.head = "0" * 64
-        self.queue: list[tuple[bytes, tuple[str, str, str, int], asyncio.Future[None]]] = []
+        self.queue: list[tuple[bytes, list[Row], asyncio.Future[None]]] = []
         self.wakeup = asyncio.Event()
         self.writer = ThreadPoolExecutor(1, "audit-writer")
 
@@ -108,13 +109,13 @@ class Floor:
         signature = _b64(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
         return (signing_input + b"." + signature).decode()
 
-    async def record(self, record: dict[str, object], row: tuple[str, str, str, int]) -> None:
-        """Link the record into the chain and wait until its batch is durable."""
+    async def record(self, record: dict[str, object], rows: list[Row]) -> None:
+        """Link the record into the chain; wait until it and its rows are durable."""
         record["prev_hash"] = self.head
         line = _dumps(record)
         self.head = hashlib.sha256(line).hexdigest()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.queue.append((line[:-1] + b',"hash":"' + self.head.encode() + b'"}\n', row, future))
+        self.queue.append((line[:-1] + b',"hash":"' + self.head.encode() + b'"}\n', rows, future))
         self.wakeup.set()
         await future
 
@@ -127,9 +128,9 @@ class Floor:
             if not batch:
                 continue
             try:
-                await loop.run_in_executor(
-                    self.writer, self._commit, b"".join(b[0] for b in batch), [b[1] for b in batch]
-                )
+                lines = b"".join(line for line, _, _ in batch)
+                rows = [row for _, request_rows, _ in batch for row in request_rows]
+                await loop.run_in_executor(self.writer, self._commit, lines, rows)
             except (OSError, sqlite3.Error) as exc:
                 for _, _, future in batch:
                     future.set_exception(exc)
@@ -137,7 +138,7 @@ class Floor:
             for _, _, future in batch:
                 future.set_result(None)
 
-    def _commit(self, lines: bytes, rows: list[tuple[str, str, str, int]]) -> None:
+    def _commit(self, lines: bytes, rows: list[Row]) -> None:
         os.write(self.fd, lines)
         os.fsync(self.fd)
         with self.db:
@@ -174,16 +175,14 @@ async def _issue(request: web.Request) -> web.Response:
             "jti": jti,
         }
         credentials.append((tool, jti, floor.sign(claims)))
-    for tool, jti, _ in credentials:
-        record = {
-            "ts": stamp,
-            "event": "credential.issued",
-            "decision_id": decision_id,
-            "agent": agent,
-            "tool": tool,
-            "credential_id": jti,
-        }
-        await floor.record(record, (jti, agent, tool, now + TTL))
+    record: dict[str, object] = {
+        "ts": stamp,
+        "event": "credential.issued",
+        "decision_id": decision_id,
+        "agent": agent,
+        "credentials": [{"tool": tool, "credential_id": jti} for tool, jti, _ in credentials],
+    }
+    await floor.record(record, [(jti, agent, tool, now + TTL) for tool, jti, _ in credentials])
     answer = {
         "decision_id": decision_id,
         "expires_in": TTL,
