@@ -18,6 +18,8 @@ import re
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench import procs
@@ -95,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         default="issue",
         help="which request (bench.rows.common.request_for)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="profile the issuance's floor (bench/floor.py) instead of the broker",
+    )
     args = parser.parse_args(argv)
     spy = py_spy()
     if spy is None:
@@ -116,12 +123,12 @@ def _profile(bench: Bench, spy: str, args: argparse.Namespace) -> int:
     workdir = bench.workdir
     endpoint, body, headers, expected = request_for(bench.domain, args.path)
     raw_file = workdir / "profile.raw"
-    with bench.broker("profile", workers=args.workers) as broker:
+    with _target(bench, args) as (url, pid):
         argv_spy = [
             spy,
             "record",
             "-p",
-            str(broker.proc.pid),
+            str(pid),
             "-d",
             str(max(1, round(args.seconds))),
             "-r",
@@ -139,9 +146,7 @@ def _profile(bench: Bench, spy: str, args: argparse.Namespace) -> int:
             argv_spy.append("--gil")
         sampler = procs.spawn("py-spy", argv_spy, log=workdir / "py-spy.log")
         try:
-            load = bench.wrk(
-                f"{broker.url}{endpoint}", body=body, headers=headers, expected=expected
-            )
+            load = bench.wrk(f"{url}{endpoint}", body=body, headers=headers, expected=expected)
             code = sampler.popen.wait(timeout=args.seconds + 60)
         finally:
             procs.stop(sampler)
@@ -151,12 +156,24 @@ def _profile(bench: Bench, spy: str, args: argparse.Namespace) -> int:
     raw = raw_file.read_text()
     if args.raw is not None:
         args.raw.write_text(raw)
+    target = "the floor" if args.floor else "broker"
     print(
-        f"broker under wrk JWT-SVID {endpoint} ({load.generator}): {load.rps:,.0f} req/s while "
+        f"{target} under wrk JWT-SVID {endpoint} ({load.generator}): {load.rps:,.0f} req/s while "
         f"sampled at {args.rate}/s, {sum(load.unexpected.values())} unexpected answers"
     )
     print(summarize(raw, top=args.top))
     return 0
+
+
+@contextmanager
+def _target(bench: Bench, args: argparse.Namespace) -> Iterator[tuple[str, int]]:
+    """The process to profile, started: its base URL and PID."""
+    if args.floor:
+        with bench.module_server("floor", "bench.floor", *bench.floor_args()) as (url, proc):
+            yield url, proc.pid
+    else:
+        with bench.broker("profile", workers=args.workers) as broker:
+            yield broker.url, broker.proc.pid
 
 
 if __name__ == "__main__":
