@@ -59,12 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                     _measure(bench, path, url, broker.proc.pid, request=request, args=args)
             if args.floor:
                 endpoint, body, headers, expected = request_for(bench.domain, "issue")
-                servers = [
-                    ("floor", "bench.floor", bench.floor_args()),
-                    ("bare", "bench.bare", ()),
-                ]
-                for name, module, extra in servers:
-                    with bench.module_server(name, module, *extra) as (base, proc):
+                for name, start in (("floor", bench.floor), ("bare", bench.bare)):
+                    with start() as (base, proc):
                         request = (body, headers, 201)
                         url = f"{base}{endpoint}"
                         _measure(bench, name, url, proc.pid, request=request, args=args)

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         options = Options(seconds=args.seconds, warmup=1.0, clients=args.clients)
         bench = Bench(options, workdir, domain, policy)
         cert = domain.agent_cert("analytics")
-        with bench.bare() as upstream:
+        with bench.bare() as (upstream, _):
             port = procs.free_port()
             section = gateway_section(bench, upstream, port)
             upstream_pid = _pid_of("bench.bare", "--port", upstream.rsplit(":", 1)[1])

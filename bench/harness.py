@@ -134,20 +134,17 @@ class Bench:
                 print(f"  note: broker ({name}) exited with {code}; the end of its log:\n{tail}")
 
     @contextmanager
-    def bare(self) -> Iterator[str]:
-        """The bare aiohttp endpoint (bench/bare.py) in its own process; yields its URL."""
-        with self.module_server("bare endpoint", "bench.bare") as (url, _):
-            yield url
+    def bare(self) -> Iterator[tuple[str, procs.Proc]]:
+        """The bare aiohttp endpoint (bench/bare.py), ready; yields its URL and process."""
+        with self.module_server("bare endpoint", "bench.bare") as server:
+            yield server
 
     @contextmanager
-    def floor(self) -> Iterator[str]:
-        """The design's floor (bench/floor.py) in its own process; yields its URL."""
-        with self.module_server("floor endpoint", "bench.floor", *self.floor_args()) as (url, _):
-            yield url
-
-    def floor_args(self) -> tuple[str, ...]:
-        """The floor endpoint's own arguments (its audit file and SQLite database)."""
-        return ("--workdir", str(self.workdir / "floor"))
+    def floor(self) -> Iterator[tuple[str, procs.Proc]]:
+        """The design's floor (bench/floor.py), ready; yields its URL and process."""
+        workdir = str(self.workdir / "floor")  # its audit file and SQLite database
+        with self.module_server("floor endpoint", "bench.floor", "--workdir", workdir) as server:
+            yield server
 
     @contextmanager
     def module_server(

@@ -169,7 +169,7 @@ def _profile(bench: Bench, spy: str, args: argparse.Namespace) -> int:
 def _target(bench: Bench, args: argparse.Namespace) -> Iterator[tuple[str, int]]:
     """The process to profile, started: its base URL and PID."""
     if args.floor:
-        with bench.module_server("floor", "bench.floor", *bench.floor_args()) as (url, proc):
+        with bench.floor() as (url, proc):
             yield url, proc.pid
     else:
         with bench.broker("profile", workers=args.workers) as broker:

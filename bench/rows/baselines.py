@@ -14,7 +14,7 @@ from bench.rows.common import ISSUE_BODY, JSON
 
 @row("bare", "bare aiohttp HTTPS endpoint, fixed 201 (the ceiling)")
 def bare(bench: Bench) -> list[Result]:
-    with bench.bare() as url:
+    with bench.bare() as (url, _):
         load = bench.wrk(f"{url}/v1/credentials", body=ISSUE_BODY, headers=JSON, expected=201)
     return [
         Result(

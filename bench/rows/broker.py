@@ -47,7 +47,7 @@ def issue_jwt(bench: Bench) -> list[Result]:
 def floor(bench: Bench) -> list[Result]:
     """Issue #10's own limit prototype, in the same run: what the broker is measured against."""
     token = bench.domain.jwt_svid("analytics")
-    with bench.floor() as url:
+    with bench.floor() as (url, _):
         load = bench.wrk(
             f"{url}/v1/credentials", body=ISSUE_BODY, headers=bearer(token), expected=201
         )
@@ -85,7 +85,7 @@ def issue_jwt_uvloop(bench: Bench) -> list[Result]:
 @row("issue-mtls", "broker POST /v1/credentials over mTLS (Python clients)")
 def issue_mtls(bench: Bench) -> list[Result]:
     cert = bench.domain.agent_cert("analytics")
-    with bench.bare() as url:
+    with bench.bare() as (url, _):
         ceiling = bench.clients(f"{url}/v1/credentials", expected=201, body=ISSUE_BODY, cert=cert)
     with bench.broker("issue-mtls") as broker:
         load = bench.clients(

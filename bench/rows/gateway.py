@@ -124,7 +124,7 @@ def ready_gateway(bench: Bench, broker_url: str, port: int) -> tuple[str, dict[s
 @row("gateway", "gateway vs direct upstream: added latency at 500 req/s, throughput ratio")
 def gateway(bench: Bench) -> list[Result]:
     cert = bench.domain.agent_cert("analytics")
-    with bench.bare() as upstream:
+    with bench.bare() as (upstream, _):
         port = procs.free_port()  # free again between the two brokers of the row
         section = gateway_section(bench, upstream, port)
         with bench.broker("gateway", gateway=section) as broker:

@@ -76,7 +76,7 @@ def open_jwt(bench: Bench) -> list[Result]:
 @row("open-floor", "open-loop latency at a fixed rate, the issuance's floor (bench/floor.py)")
 def open_floor(bench: Bench) -> list[Result]:
     """The same schedule against the floor of the design: the least latency it allows here."""
-    with bench.floor() as url:
+    with bench.floor() as (url, _):
         load = _scheduled(bench, url, mtls=False)
     rate = bench.options.rate
     label = f"issuance floor (essential work only), JWT-SVID, open loop {rate:g}/s offered"
